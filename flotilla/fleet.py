@@ -1,0 +1,185 @@
+"""Start, watch, drain and stop the five services as separate local processes."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from libs.common.config import FleetConfig, with_port_offset
+from libs.common.store import StateStore, open_store
+
+log = logging.getLogger(__name__)
+
+# Start order: the control plane first, then the sinks, the source last (it waits for consumers).
+START_ORDER = ["kill-switch", "execution", "risk", "signal", "market-data"]
+STOP_ORDER = ["market-data", "signal", "risk", "execution", "kill-switch"]
+MODULES = {
+    "kill-switch": "services.kill_switch",
+    "execution": "services.execution",
+    "risk": "services.risk",
+    "signal": "services.signal",
+    "market-data": "services.market_data",
+}
+METRICS_SECTIONS = {
+    "market-data": "MARKET_DATA",
+    "signal": "SIGNAL",
+    "risk": "RISK",
+    "execution": "EXECUTION",
+    "kill-switch": "KILL_SWITCH",
+}
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the fleet process dies, so no service is left behind."""
+    with contextlib.suppress(OSError):  # not Linux: the fleet's stop path still ends children
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Proc:
+    """One running service instance."""
+
+    service: str
+    instance: str
+    popen: subprocess.Popen[bytes]
+    log_file: IO[bytes]
+    terminated: bool = False
+
+    def terminate(self) -> None:
+        """Send SIGTERM once: a second one means 'skip the drain' to a service."""
+        if not self.terminated and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            self.terminated = True
+
+
+@dataclass
+class Fleet:
+    """The local fleet: processes, their environment, and the shared run directory."""
+
+    cfg: FleetConfig
+    run_dir: Path
+    config_path: Path
+    overrides: dict[str, str] = field(default_factory=dict)
+    port_offset: int = 0
+    procs: dict[str, Proc] = field(default_factory=dict)
+    generation: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.store: StateStore = open_store(self.run_dir / "state.sqlite")
+
+    def env_for(self, service: str, instance: str) -> dict[str, str]:
+        """The child environment: run dir, config, instance name, ports and overrides."""
+        env = dict(os.environ)
+        env.update(
+            FLOTILLA_RUN_DIR=str(self.run_dir),
+            FLOTILLA_CONFIG=str(self.config_path),
+            FLOTILLA_INSTANCE=instance,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.port_env())
+        env.update(self.overrides)
+        return env
+
+    def port_env(self) -> dict[str, str]:
+        """Endpoint and metrics-port overrides that shift every port by port_offset."""
+        if not self.port_offset:
+            return {}
+        shifted = with_port_offset(self.cfg.bus, self.port_offset)
+        env = {
+            f"FLOTILLA__BUS__{name.upper()}": value
+            for name in shifted.__struct_fields__
+            if isinstance(value := getattr(shifted, name), str) and value.startswith("tcp://")
+        }
+        for section in METRICS_SECTIONS.values():
+            port = getattr(self.cfg, section.lower()).metrics_port
+            env[f"FLOTILLA__{section}__METRICS_PORT"] = str(port + self.port_offset if port else 0)
+        return env
+
+    def start(self, service: str) -> Proc:
+        """Launch one service; its output goes to logs/<instance>.log."""
+        gen = self.generation.get(service, 0) + 1
+        self.generation[service] = gen
+        instance = f"{service}-{gen}"
+        log_file = (self.run_dir / "logs" / f"{instance}.log").open("ab")
+        popen = subprocess.Popen(
+            [sys.executable, "-m", MODULES[service]],
+            env=self.env_for(service, instance),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        proc = Proc(service, instance, popen, log_file)
+        self.procs[service] = proc
+        return proc
+
+    def start_all(self) -> None:
+        """Launch every service in dependency order."""
+        for service in START_ORDER:
+            self.start(service)
+
+    def stop(self, service: str, timeout_s: float = 5.0) -> int | None:
+        """SIGTERM one service and wait; SIGKILL if it does not exit in time."""
+        proc = self.procs.get(service)
+        if proc is None:
+            return None
+        proc.terminate()
+        try:
+            code = proc.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop within %.1f s; killing it", proc.instance, timeout_s)
+            proc.popen.kill()
+            code = proc.popen.wait()
+        proc.log_file.close()
+        return code
+
+    def restart(self, service: str) -> Proc:
+        """Stop a service gracefully and start a new instance of it."""
+        self.stop(service)
+        return self.start(service)
+
+    def stop_all(self, timeout_s: float = 4.0) -> dict[str, int | None]:
+        """Signal every service at once, then wait in order; nothing outlives this call."""
+        for service in STOP_ORDER:
+            if service in self.procs:
+                self.procs[service].terminate()
+        deadline = time.monotonic() + timeout_s
+        codes = {}
+        for service in STOP_ORDER:
+            if service in self.procs:
+                codes[service] = self.stop(service, max(0.1, deadline - time.monotonic()))
+        return codes
+
+    def dead(self) -> list[Proc]:
+        """Services that exited on their own."""
+        return [p for p in self.procs.values() if p.popen.poll() is not None]
+
+    def all_drained(self) -> bool:
+        """Every current instance has reported that it finished its input."""
+        return all(self.store.get(f"drained:{p.service}:{p.instance}") for p in self.procs.values())
+
+    def stats(self) -> dict[str, list[dict[str, Any]]]:
+        """Every instance's latest counters from the store, grouped by service."""
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for key in self.store.keys("stats:"):
+            raw = self.store.get(key)
+            if raw is not None:
+                doc = json.loads(raw)
+                grouped.setdefault(doc["service"], []).append(doc)
+        return grouped
+
+    def close(self) -> None:
+        """Release the store."""
+        self.store.close()

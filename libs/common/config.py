@@ -1,0 +1,226 @@
+"""Fleet configuration: one frozen struct per service, loaded from TOML, overridden by env.
+
+Every field that is a duration or size carries its unit in its name. Money is written as a
+TOML string ("0.001") and decoded to Decimal, never through a binary float. Environment
+variables override any field: FLOTILLA__RISK__COLLAR_BPS=25 sets `[risk] collar_bps`, and
+FLOTILLA__RISK__MAX_POSITION__BTCUSDT=0.01 sets one key of a table.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+ENV_PREFIX = "FLOTILLA__"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "flotilla.toml"
+
+
+class ConfigError(Exception):
+    """The configuration is unreadable or a value is invalid; the message says which."""
+
+
+class _Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Base of config structs: unknown keys are errors (a typo must not be silently ignored)."""
+
+
+class Instrument(_Config):
+    """A tradable symbol and its increments."""
+
+    base: str
+    quote: str
+    price_increment: Decimal
+    size_increment: Decimal
+    venue: str = "binance"
+
+
+class BusConfig(_Config):
+    """ZeroMQ endpoints as full URLs; binders bind them, everyone else connects."""
+
+    md_pub: str = "tcp://127.0.0.1:5550"
+    sig_in: str = "tcp://127.0.0.1:5551"
+    risk_pub: str = "tcp://127.0.0.1:5552"
+    orders: str = "tcp://127.0.0.1:5553"
+    exec_pub: str = "tcp://127.0.0.1:5554"
+    ctl_pub: str = "tcp://127.0.0.1:5555"
+    ctl_cmd: str = "tcp://127.0.0.1:5556"
+    ctl_ack: str = "tcp://127.0.0.1:5557"
+    bind_host: str = ""  # "" binds the URL's own host; "0.0.0.0" in containers
+    data_hwm: int = 0  # 0 = unbounded queues: a bounded replay must never drop at the HWM
+    pub_linger_ms: int = 2000
+
+
+class MarketDataConfig(_Config):
+    """Replay feed settings."""
+
+    metrics_port: int = 9101
+    feed: list[str] = []
+    speed: float = 0.0  # 1.0 = recorded pace, 10 = ten times faster, 0 = as fast as possible
+    wait_for_consumers: dict[str, int] = msgspec.field(
+        default_factory=lambda: {"signal": 1, "risk": 1, "execution": 1}
+    )
+    consumer_wait_timeout_ms: int = 30_000
+    status_interval_ms: int = 20
+
+
+class OfiParams(_Config):
+    """Order-flow-imbalance strategy parameters."""
+
+    window_trades: int = 50
+    entry_threshold: float = 0.6
+    min_microprice_edge_bps: float = 0.0
+    cooldown_ms: int = 5_000
+    order_type: Literal["market", "limit"] = "market"
+    order_qty: dict[str, Decimal] = {}
+
+
+class SignalConfig(_Config):
+    """The signal service: which strategy, over which symbols."""
+
+    metrics_port: int = 9102
+    strategy: str = "ofi"
+    symbols: list[str] = []
+    ofi: OfiParams = OfiParams()
+
+
+class RiskLimits(_Config):
+    """Pre-trade limits; per-symbol tables are keyed by symbol."""
+
+    max_order_qty: dict[str, Decimal] = {}
+    max_order_notional: Decimal = Decimal("5000")
+    max_position: dict[str, Decimal] = {}
+    collar_bps: Decimal = Decimal("50")
+    max_orders_per_window: int = 5
+    rate_window_ms: int = 1_000
+
+
+class RiskConfig(_Config):
+    """The risk service."""
+
+    metrics_port: int = 9103
+    limits: RiskLimits = RiskLimits()
+    order_timeout_ms: int = 1_000
+
+
+class ExecutionConfig(_Config):
+    """The execution service and its paper exchange."""
+
+    metrics_port: int = 9104
+    taker_fee_bps: Decimal = Decimal("10")
+    maker_fee_bps: Decimal = Decimal("10")
+    max_order_age_ms: int = 2_000
+
+
+class KillSwitchConfig(_Config):
+    """The kill switch."""
+
+    metrics_port: int = 9105
+    heartbeat_interval_ms: int = 100
+    initial_state: Literal["ACTIVE", "HALTED"] = "ACTIVE"
+
+
+class FleetConfig(_Config):
+    """Everything the fleet needs, one section per service."""
+
+    instruments: dict[str, Instrument] = {}
+    bus: BusConfig = BusConfig()
+    metrics_host: str = "127.0.0.1"
+    missed_heartbeats_to_halt: int = 3
+    market_data: MarketDataConfig = MarketDataConfig()
+    signal: SignalConfig = SignalConfig()
+    risk: RiskConfig = RiskConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+    kill_switch: KillSwitchConfig = KillSwitchConfig()
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None
+) -> FleetConfig:
+    """Read TOML, apply FLOTILLA__ overrides, validate; raise ConfigError with the bad field."""
+    source = Path(path or os.environ.get("FLOTILLA_CONFIG") or DEFAULT_CONFIG)
+    try:
+        raw = tomllib.loads(source.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {source}: {exc}") from exc
+    apply_env_overrides(raw, os.environ if env is None else env)
+    return parse_config(raw, str(source))
+
+
+def parse_config(raw: dict[str, Any], source: str = "<dict>") -> FleetConfig:
+    """Validate a config dict (a TOML float for money converts via its shortest repr, so 0.1 stays 0.1)."""
+    try:
+        cfg = msgspec.convert(raw, FleetConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid config {source}: {exc}") from exc
+    check_consistency(cfg)
+    return cfg
+
+
+def check_consistency(cfg: FleetConfig) -> None:
+    """Cross-field checks msgspec cannot express."""
+    for section in ("signal",):
+        for sym in getattr(cfg, section).symbols:
+            if sym not in cfg.instruments:
+                raise ConfigError(f"[{section}] symbol {sym!r} is not in [instruments]")
+    if cfg.market_data.speed < 0:
+        raise ConfigError("[market_data] speed must be >= 0 (0 means as fast as possible)")
+    if cfg.kill_switch.heartbeat_interval_ms <= 0:
+        raise ConfigError("[kill_switch] heartbeat_interval_ms must be > 0")
+    for name, inst in cfg.instruments.items():
+        if inst.price_increment <= 0 or inst.size_increment <= 0:
+            raise ConfigError(f"[instruments.{name}] increments must be > 0")
+
+
+def apply_env_overrides(raw: dict[str, Any], env: Any) -> None:
+    """Set raw[a][b]... from every FLOTILLA__A__B=value variable.
+
+    A key keeps its case when the file already has it that way (symbol tables such as
+    max_position.BTCUSDT); otherwise it is lowercased like every field name.
+    """
+    for name, value in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].split("__")
+        node = raw
+        for i, part in enumerate(path):
+            key = part if part in node else part.lower()
+            if i == len(path) - 1:
+                node[key] = _env_value(value)
+            else:
+                node = node.setdefault(key, {})
+
+
+def _env_value(value: str) -> Any:
+    """Env values are strings; JSON-looking lists and tables are parsed, the rest left to msgspec."""
+    if value[:1] in "[{":
+        try:
+            return msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            return value
+    return value
+
+
+def bind_url(url: str, bind_host: str) -> str:
+    """The URL a binder binds: the configured one, or the same port on bind_host."""
+    if not bind_host or not url.startswith("tcp://"):
+        return url
+    port = url.rsplit(":", 1)[1]
+    return f"tcp://{bind_host}:{port}"
+
+
+def with_port_offset(bus: BusConfig, offset: int) -> BusConfig:
+    """Shift every tcp port by `offset` (lets tests run a fleet on free ports)."""
+    if offset == 0:
+        return bus
+    shifted = {}
+    for field in bus.__struct_fields__:
+        value = getattr(bus, field)
+        if isinstance(value, str) and value.startswith("tcp://"):
+            host, port = value.rsplit(":", 1)
+            value = f"{host}:{int(port) + offset}"
+        shifted[field] = value
+    return msgspec.structs.replace(bus, **shifted)

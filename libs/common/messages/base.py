@@ -1,0 +1,23 @@
+"""The base struct every wire message derives from."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+
+Side = Literal["buy", "sell"]
+Money = Decimal  # exact decimal: prices, quantities, notionals, PnL. Never float.
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every wire message: event time at the source and creation time here (int ns)."""
+
+    ts_event: int
+    ts_init: int
+
+
+def opposite(side: Side) -> Side:
+    """The other side of the book."""
+    return "sell" if side == "buy" else "buy"

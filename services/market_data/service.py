@@ -1,0 +1,168 @@
+"""market-data: replays recorded Binance traffic and publishes normalised trades and quotes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from libs.common import topics
+from libs.common.config import DEFAULT_CONFIG
+from libs.common.messages import FeedStatus, Quote, Trade
+from libs.common.runtime import ControlLink, Runtime
+
+from .binance import VENUE, ParseError, parse_stream_message
+from .replay import LineCounter, merged
+
+log = logging.getLogger(__name__)
+CONTROL_CHECK_EVERY = 256  # messages between looks at the control socket and stop flag
+
+
+class MarketDataService:
+    """Waits for its consumers, replays the feed at the configured speed, then reports the end."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.cfg = rt.cfg.market_data
+        self.symbols = set(rt.cfg.instruments)
+        self.published: Counter[str] = Counter()
+        self.lines = LineCounter()
+        self.parse_errors = 0
+        self.unknown_symbol_drops = 0
+        self.skipped = 0
+
+    def start(self) -> None:
+        """Bind the PUB socket and connect the control link."""
+        self.pub = self.rt.publisher(self.rt.cfg.bus.md_pub, bind=True)
+        self.control = ControlLink(self.rt)
+        self.rt.serve_metrics(self.cfg.metrics_port)
+
+    def run(self) -> int:
+        """The whole lifecycle; returns the process exit code."""
+        if not self.wait_for_consumers():
+            return 3
+        self.replay([resolve_feed_path(p) for p in self.cfg.feed])
+        self.publish_status("end")
+        self.rt.save_stats(self.stats(), drained=True)
+        log.info("replay finished: %s", dict(self.published))
+        while not self.rt.stop_requested:
+            self.control.drain()
+            time.sleep(0.05)
+        return 0
+
+    def wait_for_consumers(self) -> bool:
+        """Publish `waiting` until every expected consumer reports it hears us (slow joiners)."""
+        deadline = time.monotonic() + self.cfg.consumer_wait_timeout_ms / 1000
+        while not self.rt.stop_requested:
+            self.publish_status("waiting")
+            self.control.drain()
+            missing = self.missing_consumers()
+            if not missing:
+                return True
+            if time.monotonic() > deadline:
+                log.error("consumers never became ready: %s", ", ".join(missing))
+                return False
+            time.sleep(self.cfg.status_interval_ms / 1000)
+        return False
+
+    def missing_consumers(self) -> list[str]:
+        """Services that have fewer ready instances than configured."""
+        return [
+            f"{svc} ({len(self.rt.store.keys(f'ready:{svc}:'))}/{want})"
+            for svc, want in self.cfg.wait_for_consumers.items()
+            if len(self.rt.store.keys(f"ready:{svc}:")) < want
+        ]
+
+    def replay(self, paths: list[Path]) -> None:
+        """Publish every recorded trade and quote, paced by receive time divided by speed."""
+        self.publish_status("live")
+        pacer = Pacer(self.cfg.speed)
+        for count, (recv_ns, raw) in enumerate(merged(paths, self.lines)):
+            if count % CONTROL_CHECK_EVERY == 0:
+                self.control.drain()
+                self.rt.save_stats(self.stats())
+                if self.rt.stop_requested:
+                    log.info("stop requested during replay")
+                    return
+            pacer.wait_until(recv_ns)
+            self.publish_line(recv_ns, raw)
+
+    def publish_line(self, recv_ns: int, raw: bytes) -> None:
+        """Parse one recorded line and publish it; bad or unknown input is counted and dropped."""
+        try:
+            msg = parse_stream_message(raw, recv_ns, self.rt.clock.time_ns())
+        except ParseError as exc:
+            self.parse_errors += 1
+            log.warning("unparseable feed message dropped: %s", exc)
+            return
+        if msg is None:
+            self.skipped += 1
+            return
+        if msg.symbol not in self.symbols:
+            self.unknown_symbol_drops += 1
+            if self.unknown_symbol_drops <= 10:
+                log.warning("message for unknown symbol %r dropped", msg.symbol)
+            return
+        self.pub.publish(topic_for(msg), msg)
+        self.published[msg.symbol] += 1
+
+    def publish_status(self, state: Any) -> None:
+        """Announce the feed state (consumers use `end` to drain)."""
+        now = self.rt.clock.time_ns()
+        status = FeedStatus(
+            ts_event=now, ts_init=now, venue=VENUE, state=state, published=dict(self.published)
+        )
+        self.pub.publish(topics.md_status(VENUE), status)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for summary.json."""
+        return {
+            "ticks_published": dict(self.published),
+            "lines_read": self.lines.lines,
+            "bad_lines": self.lines.bad_lines,
+            "parse_errors": self.parse_errors,
+            "unknown_symbol_drops": self.unknown_symbol_drops,
+            "skipped_messages": self.skipped,
+        }
+
+    def close(self) -> None:
+        """Nothing beyond the sockets, which the Runtime closes."""
+
+
+def topic_for(msg: Trade | Quote) -> str:
+    """The md topic for a normalised message."""
+    if isinstance(msg, Trade):
+        return topics.md_trade(msg.venue, msg.symbol)
+    return topics.md_quote(msg.venue, msg.symbol)
+
+
+def resolve_feed_path(path: str) -> Path:
+    """Relative paths are tried from the working directory, then from the project root."""
+    candidate = Path(path)
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    return DEFAULT_CONFIG.parents[1] / candidate
+
+
+class Pacer:
+    """Sleeps so that recorded time / speed matches elapsed wall time (speed 0: never sleeps)."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.first_recv_ns: int | None = None
+        self.start_mono_ns = 0
+
+    def wait_until(self, recv_ns: int) -> None:
+        """Block until this recorded instant is due."""
+        if self.speed <= 0:
+            return
+        if self.first_recv_ns is None:
+            self.first_recv_ns = recv_ns
+            self.start_mono_ns = time.monotonic_ns()
+            return
+        due = self.start_mono_ns + (recv_ns - self.first_recv_ns) / self.speed
+        delay_ns = due - time.monotonic_ns()
+        if delay_ns > 200_000:  # below ~0.2 ms sleeping costs more than it saves
+            time.sleep(delay_ns / 1e9)

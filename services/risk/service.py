@@ -1,0 +1,301 @@
+"""risk: positions from fills, pre-trade checks on signals, orders to execution over REQ/REP."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import zmq
+from prometheus_client import Counter as PromCounter
+
+from libs.common import topics
+from libs.common.bus import Envelope, RequestClient, RequestTimeout
+from libs.common.messages import (
+    ExecutionEvent,
+    FeedStatus,
+    Fill,
+    FillBatch,
+    FillsSince,
+    MarketData,
+    OrderChannelReply,
+    OrderReply,
+    OrderRequest,
+    OrderUpdate,
+    Quote,
+    RiskDecision,
+    Signal,
+    SignalMessage,
+    StreamEnd,
+)
+from libs.common.runtime import ControlLink, Runtime
+
+from .book import RiskBook
+from .checks import REASONS, RateLimiter, check_signal
+
+log = logging.getLogger(__name__)
+POLL_MS = 50
+
+REJECTIONS = PromCounter(
+    "flotilla_risk_rejections", "Signals refused by risk, by reason", ["reason"]
+)
+ORDERS_SENT = PromCounter("flotilla_risk_orders_sent", "Orders risk sent to execution")
+for _reason in REASONS:
+    REJECTIONS.labels(_reason)  # export every reason at 0 so rate() works from the start
+
+
+class RiskService:
+    """Single writer per account: checks every signal and owns the position book."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.cfg = rt.cfg.risk
+        self.book = RiskBook(list(rt.cfg.instruments))
+        self.rate = RateLimiter(
+            self.cfg.limits.max_orders_per_window, self.cfg.limits.rate_window_ms
+        )
+        self.seen_signals: set[str] = set()
+        self.signals_received = 0
+        self.needs_recovery = True
+        self.md_ended = False
+        self.signal_ends: dict[str, int] = {}
+        self.sent_end = False
+        self.exec_last_fill_seq: int | None = None
+
+    def start(self) -> None:
+        """Bind the signal inlet and decision PUB; connect md, execution and control."""
+        bus = self.rt.cfg.bus
+        self.signals = self.rt.subscriber(bus.sig_in, SignalMessage, bind=True)
+        self.signals.subscribe(topics.family("sig"))
+        self.md = self.rt.subscriber(bus.md_pub, MarketData)
+        self.md.subscribe(topics.family("md", "quote"))
+        self.md.subscribe(topics.family("md", "status"))
+        self.exec = self.rt.subscriber(bus.exec_pub, ExecutionEvent)
+        self.exec.subscribe(topics.family("exec"))
+        self.pub = self.rt.publisher(bus.risk_pub, bind=True)
+        self.orders: RequestClient[Any] = self.rt.own(
+            RequestClient(self.rt.ctx, bus.orders, OrderChannelReply, self.cfg.order_timeout_ms)
+        )
+        self.control = ControlLink(self.rt)
+        self.poller = zmq.Poller()
+        for sock in (self.control.socket, self.exec.sock, self.md.sock, self.signals.sock):
+            self.poller.register(sock, zmq.POLLIN)
+        if self.book.load(self.rt.store):
+            log.info("restored book: last fill seq %d", self.book.last_fill_seq)
+        self.rt.serve_metrics(self.cfg.metrics_port)
+
+    def run(self) -> int:
+        """Control first on every pass, then fills, then quotes, then signals."""
+        while not self.rt.stop_requested:
+            ready = dict(self.poller.poll(POLL_MS))
+            if self.control.socket in ready:
+                self.control.drain()
+            if self.needs_recovery:
+                self.recover()
+            if self.exec.sock in ready:
+                for env in self.exec.recv_batch():
+                    self.on_execution(env.msg)
+            if self.md.sock in ready:
+                for env in self.md.recv_batch():
+                    self.on_market_data(env.msg)
+            if self.signals.sock in ready:
+                for env in self.signals.recv_batch(limit=100):
+                    self.on_signal_message(env)
+            self.maybe_end()
+            self.rt.save_stats(self.stats(), drained=self.drained())
+        return 0
+
+    # --- inputs -------------------------------------------------------------------------
+
+    def on_market_data(self, msg: Any) -> None:
+        """Keep the last quote per symbol (collar reference and marks)."""
+        if isinstance(msg, Quote):
+            book = self.book.symbols.get(msg.symbol)
+            if book is not None:
+                book.quote = msg
+        elif isinstance(msg, FeedStatus):
+            if msg.state == "end":
+                self.md_ended = True
+            self.rt.mark_feed_ready(self.control)
+
+    def on_execution(self, msg: Any) -> None:
+        """Fills move positions (once each, in fill_seq order); updates move exposure."""
+        match msg:
+            case Fill() as fill:
+                if fill.fill_seq > self.book.last_fill_seq + 1:
+                    self.needs_recovery = True  # missed fills: fetch them before trusting the book
+                    return
+                if self.book.apply_fill(fill):
+                    self.book.save(self.rt.store)
+            case OrderUpdate() as upd:
+                self.book.apply_update(upd)
+            case StreamEnd() as end:
+                self.exec_last_fill_seq = end.counts.get("last_fill_seq", 0)
+
+    def on_signal_message(self, env: Envelope[Any]) -> None:
+        """A signal to check, or a signal replica's end of stream."""
+        match env.msg:
+            case Signal() as sig:
+                self.signals_received += 1
+                self.on_signal(sig)
+            case StreamEnd() as end:
+                self.signal_ends[end.instance] = end.counts.get("signals", 0)
+
+    def on_signal(self, sig: Signal) -> None:
+        """Check, then send or refuse; every outcome is published as a RiskDecision."""
+        reason = self.refusal(sig)
+        if reason:
+            self.refuse(sig, reason)
+            return
+        self.seen_signals.add(sig.signal_id)
+        self.send_order(sig)
+
+    def refusal(self, sig: Signal) -> str:
+        """The first reason this signal may not become an order, or ''."""
+        if reason := self.control.gate.refusal():
+            return reason
+        if self.needs_recovery:
+            return "recovering"
+        if sig.signal_id in self.seen_signals:
+            return "duplicate_signal"
+        instrument = self.rt.cfg.instruments.get(sig.symbol)
+        book = self.book.symbols.get(sig.symbol)
+        if instrument is None or book is None:
+            return "unknown_instrument"
+        return check_signal(sig, instrument, book, self.cfg.limits, self.rate)
+
+    # --- outputs ------------------------------------------------------------------------
+
+    def send_order(self, sig: Signal) -> None:
+        """Send one order; a timeout leaves its outcome unknown and its exposure counted."""
+        order = OrderRequest(
+            ts_event=sig.ts_event,
+            ts_init=self.rt.clock.time_ns(),
+            client_order_id=client_order_id(sig.signal_id),
+            signal_id=sig.signal_id,
+            strategy=sig.strategy,
+            venue=sig.venue,
+            symbol=sig.symbol,
+            side=sig.side,
+            order_type=sig.order_type,
+            qty=sig.qty,
+            limit_px=sig.limit_px,
+            origin_mono_ns=sig.origin_mono_ns,
+        )
+        self.rate.record(sig.ts_event)
+        self.book.track_order(order.client_order_id, order.symbol, order.side, order.qty)
+        self.book.orders_sent += 1
+        ORDERS_SENT.inc()
+        try:
+            reply = self.orders.request(order)
+        except RequestTimeout as exc:
+            self.book.order_timeouts += 1
+            log.error("order %s outcome unknown: %s", order.client_order_id, exc)
+            self.publish_decision(sig, True, "sent_outcome_unknown", order.client_order_id)
+            self.book.save(self.rt.store)
+            return
+        self.on_order_reply(sig, order, reply)
+
+    def on_order_reply(self, sig: Signal, order: OrderRequest, reply: Any) -> None:
+        """Execution accepted (exposure stays until updates say otherwise) or rejected it."""
+        if isinstance(reply, OrderReply) and reply.accepted:
+            self.publish_decision(sig, True, "", order.client_order_id)
+        else:
+            self.book.untrack(order.client_order_id)
+            why = reply.reason if isinstance(reply, OrderReply) else "bad_reply"
+            log.warning("execution rejected %s: %s", order.client_order_id, why)
+            self.publish_decision(sig, False, f"execution:{why}", order.client_order_id)
+        self.book.save(self.rt.store)
+
+    def refuse(self, sig: Signal, reason: str) -> None:
+        """Count and publish a refusal."""
+        self.book.rejections[reason] += 1
+        REJECTIONS.labels(reason).inc()
+        self.publish_decision(sig, False, reason, "")
+        self.book.save(self.rt.store)
+
+    def publish_decision(self, sig: Signal, accepted: bool, reason: str, coid: str) -> None:
+        """Tell the world what risk decided about a signal."""
+        decision = RiskDecision(
+            ts_event=sig.ts_event,
+            ts_init=self.rt.clock.time_ns(),
+            signal_id=sig.signal_id,
+            strategy=sig.strategy,
+            symbol=sig.symbol,
+            accepted=accepted,
+            reason=reason,
+            client_order_id=coid,
+        )
+        self.pub.publish(topics.risk_decision(sig.strategy), decision)
+
+    # --- recovery and draining ----------------------------------------------------------
+
+    def recover(self) -> None:
+        """Fetch fills missed while down or lost in transit, from execution (zguide Clone)."""
+        now = self.rt.clock.time_ns()
+        try:
+            reply = self.orders.request(
+                FillsSince(ts_event=now, ts_init=now, after_seq=self.book.last_fill_seq)
+            )
+        except RequestTimeout:
+            log.warning("execution not answering the recovery request yet; orders stay blocked")
+            return
+        if not isinstance(reply, FillBatch):
+            log.error("unexpected recovery reply %r", type(reply).__name__)
+            return
+        applied = sum(1 for fill in reply.fills if self.book.apply_fill(fill))
+        for upd in reply.open_orders:
+            self.book.apply_update(upd)
+        self.book.save(self.rt.store)
+        self.needs_recovery = False
+        log.info("recovered %d fills; book at fill seq %d", applied, self.book.last_fill_seq)
+
+    def maybe_end(self) -> None:
+        """Once market data and every signal replica have ended, tell execution."""
+        if self.sent_end or not self.md_ended:
+            return
+        replicas = {k.rsplit(":", 1)[1] for k in self.rt.store.keys("ready:signal:")}
+        if not replicas or not replicas.issubset(self.signal_ends):
+            return
+        self.sent_end = True
+        now = self.rt.clock.time_ns()
+        self.pub.publish(
+            topics.risk_end(),
+            StreamEnd(ts_event=now, ts_init=now, service="risk", instance=self.rt.instance),
+        )
+
+    def drained(self) -> bool:
+        """True once every fill execution reported has been applied."""
+        return (
+            self.sent_end
+            and self.exec_last_fill_seq is not None
+            and self.book.last_fill_seq >= self.exec_last_fill_seq
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and book for summary.json."""
+        doc = self.book.summary()
+        doc.update(
+            signals_received=self.signals_received,
+            signals_announced=sum(self.signal_ends.values()),
+            sequence_gaps=self.md.sequence_gaps
+            + self.signals.sequence_gaps
+            + self.exec.sequence_gaps,
+            decode_errors=self.md.decode_errors
+            + self.signals.decode_errors
+            + self.exec.decode_errors,
+        )
+        return doc
+
+    def close(self) -> None:
+        """Persist the book and final counters."""
+        self.book.save(self.rt.store)
+        self.rt.save_stats(self.stats(), drained=self.drained(), force=True)
+
+
+def client_order_id(signal_id: str) -> str:
+    """Derived from the signal id, so a retried intent can never become a second order."""
+    coid = f"fl-{signal_id}"
+    if len(coid) <= 36:  # Binance caps newClientOrderId at 36 characters
+        return coid
+    return "fl-" + hashlib.sha256(signal_id.encode()).hexdigest()[:33]
