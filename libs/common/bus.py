@@ -121,7 +121,8 @@ class Subscriber(Generic[T]):
         """Parse a raw frame; count and log anything malformed instead of raising."""
         end = frame.find(topics.TERMINATOR)
         if end < 0 or len(frame) < end + 1 + HEADER.size:
-            return self._drop("?", "truncated frame", frame)
+            self._drop("?", "truncated frame", frame)
+            return None
         raw_topic = frame[:end]
         topic = self._topics.get(raw_topic)
         if topic is None:
@@ -132,7 +133,8 @@ class Subscriber(Generic[T]):
         try:
             msg = self._decoder.decode(memoryview(frame)[end + 1 + HEADER.size :])
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return self._drop(topic, str(exc), frame)
+            self._drop(topic, str(exc), frame)
+            return None
         self._check_seq(publisher, topic, seq)
         BUS.messages_received.labels(topics.family_of(topic)).inc()
         return Envelope(topic, publisher, seq, pub_ns, msg)
@@ -155,7 +157,6 @@ class Subscriber(Generic[T]):
         self.decode_errors += 1
         BUS.decode_errors.labels(topics.family_of(topic)).inc()
         log.warning("dropped undecodable message on %r (%d bytes): %s", topic, len(frame), why)
-        return None
 
 
 class RequestTimeout(Exception):
@@ -193,7 +194,7 @@ class RequestClient(Generic[T]):
     def _decode(self, frame: bytes) -> T:
         """Decode a reply; a malformed reply is treated like no reply (the outcome is unknown)."""
         try:
-            return self._decoder.decode(frame)  # type: ignore[no-any-return]
+            return self._decoder.decode(frame)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             BUS.decode_errors.labels("reply").inc()
             raise RequestTimeout(f"malformed reply from {self._endpoint}: {exc}") from exc

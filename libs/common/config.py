@@ -28,7 +28,7 @@ class _Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
     """Base of config structs: unknown keys are errors (a typo must not be silently ignored)."""
 
 
-class Instrument(_Config):
+class Instrument(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """A tradable symbol and its increments."""
 
     base: str
@@ -38,7 +38,7 @@ class Instrument(_Config):
     venue: str = "binance"
 
 
-class BusConfig(_Config):
+class BusConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """ZeroMQ endpoints as full URLs; binders bind them, everyone else connects."""
 
     md_pub: str = "tcp://127.0.0.1:5550"
@@ -54,7 +54,7 @@ class BusConfig(_Config):
     pub_linger_ms: int = 2000
 
 
-class MarketDataConfig(_Config):
+class MarketDataConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Replay feed settings."""
 
     metrics_port: int = 9101
@@ -67,7 +67,7 @@ class MarketDataConfig(_Config):
     status_interval_ms: int = 20
 
 
-class OfiParams(_Config):
+class OfiParams(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Order-flow-imbalance strategy parameters."""
 
     window_trades: int = 50
@@ -78,7 +78,7 @@ class OfiParams(_Config):
     order_qty: dict[str, Decimal] = {}
 
 
-class SignalConfig(_Config):
+class SignalConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The signal service: which strategy, over which symbols."""
 
     metrics_port: int = 9102
@@ -87,7 +87,7 @@ class SignalConfig(_Config):
     ofi: OfiParams = OfiParams()
 
 
-class RiskLimits(_Config):
+class RiskLimits(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Pre-trade limits; per-symbol tables are keyed by symbol."""
 
     max_order_qty: dict[str, Decimal] = {}
@@ -98,7 +98,7 @@ class RiskLimits(_Config):
     rate_window_ms: int = 1_000
 
 
-class RiskConfig(_Config):
+class RiskConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The risk service."""
 
     metrics_port: int = 9103
@@ -106,7 +106,7 @@ class RiskConfig(_Config):
     order_timeout_ms: int = 1_000
 
 
-class ExecutionConfig(_Config):
+class ExecutionConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The execution service and its paper exchange."""
 
     metrics_port: int = 9104
@@ -115,7 +115,7 @@ class ExecutionConfig(_Config):
     max_order_age_ms: int = 2_000
 
 
-class KillSwitchConfig(_Config):
+class KillSwitchConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The kill switch."""
 
     metrics_port: int = 9105
@@ -123,7 +123,7 @@ class KillSwitchConfig(_Config):
     initial_state: Literal["ACTIVE", "HALTED"] = "ACTIVE"
 
 
-class FleetConfig(_Config):
+class FleetConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Everything the fleet needs, one section per service."""
 
     instruments: dict[str, Instrument] = {}

@@ -21,7 +21,9 @@ def _open(path: Path) -> IO[bytes]:
     try:
         with path.open("rb") as probe:
             magic = probe.read(2)
-        return gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb")
+        if magic == b"\x1f\x8b":
+            return gzip.open(path, "rb")  # type: ignore[return-value]
+        return path.open("rb")
     except OSError as exc:
         raise RecordingError(f"cannot open recording {path}: {exc}") from exc
 
