@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from libs.common.config import ConfigError, FleetConfig, load_config, with_port_offset
@@ -82,6 +83,8 @@ def _up(cfg: FleetConfig, args: argparse.Namespace) -> int:
     """Validate up's arguments, then run the fleet."""
     from .up import parse_feed, parse_speed, run_up
 
+    if not args.run_dir:
+        args.run_dir = time.strftime("runs/%Y%m%dT%H%M%SZ", time.gmtime())
     try:
         args.feed = [path for spec in args.feed for path in parse_feed(spec)]
         args.speed = parse_speed(args.speed)

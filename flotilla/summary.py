@@ -71,7 +71,7 @@ def status_line(stats: dict[str, list[dict[str, Any]]], elapsed_s: float) -> str
     rejected = sum(s["orders_rejected"].values())
     state = s["trading_state"]["state"] or "?"
     return (
-        f"[{elapsed_s:6.1f}s] ticks {received}/{published} | signals {s['signals']} | "
+        f"[{elapsed_s:6.1f}s] ticks published {published} received {received} | signals {s['signals']} | "
         f"orders {s['orders_submitted']} | fills {s['fills']} | rejected {rejected} | "
         f"gaps {s['sequence_gaps']} | state {state} | realized {s['realized_pnl']}"
     )

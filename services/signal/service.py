@@ -29,6 +29,7 @@ class SignalService:
         self.strategies = {s: OfiStrategy(self.cfg.ofi, s) for s in self.symbols}
         self.ticks_received: Counter[str] = Counter()
         self.signals: Counter[str] = Counter()
+        self.foreign_symbol_drops = 0
         self.feed_seen = False
         self.ended = False
 
@@ -63,16 +64,18 @@ class SignalService:
     def on_market_data(self, env: Envelope[Any]) -> None:
         """Dispatch one market-data message."""
         match env.msg:
-            case Trade() as t:
+            case Trade() as t if t.symbol in self.strategies:
                 self.ticks_received[t.symbol] += 1
                 decision = self.strategies[t.symbol].on_trade(t)
                 if decision is not None:
                     self.emit(t, decision, env.pub_mono_ns)
-            case Quote() as q:
+            case Quote() as q if q.symbol in self.strategies:
                 self.ticks_received[q.symbol] += 1
                 self.strategies[q.symbol].on_quote(q)
             case FeedStatus() as status:
                 self.on_feed_status(status)
+            case _:
+                self.foreign_symbol_drops += 1  # not one of ours: counted, never a KeyError
 
     def emit(self, trade: Trade, d: Decision, origin_mono_ns: int) -> None:
         """Publish a signal; its id is derived from the triggering trade, so it is stable."""
@@ -123,6 +126,7 @@ class SignalService:
             "signals": dict(self.signals),
             "sequence_gaps": self.md.sequence_gaps,
             "decode_errors": self.md.decode_errors,
+            "foreign_symbol_drops": self.foreign_symbol_drops,
         }
 
     def close(self) -> None:
