@@ -132,6 +132,8 @@ class ExecutionService:
                 frame = self.orders.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self.control.drain()  # a halt that landed while we were busy applies to this order
+            self.enforce_state()
             self.orders.send(self._encoder.encode(self.handle_request(frame)))
 
     def handle_request(self, frame: bytes) -> Any:
