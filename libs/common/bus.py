@@ -23,6 +23,13 @@ from .metrics import BUS
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!IQQ")
+# Everything msgspec can raise on hostile bytes: a decoder that catches less can be crashed.
+DECODE_ERRORS = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    RecursionError,  # absurdly nested payload
+    UnicodeDecodeError,  # invalid UTF-8 inside a string field
+)
 T = TypeVar("T")
 
 
@@ -132,7 +139,7 @@ class Subscriber(Generic[T]):
         publisher, seq, pub_ns = HEADER.unpack_from(frame, end + 1)
         try:
             msg = self._decoder.decode(memoryview(frame)[end + 1 + HEADER.size :])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             self._drop(topic, str(exc), frame)
             return None
         self._check_seq(publisher, topic, seq)
@@ -195,7 +202,7 @@ class RequestClient(Generic[T]):
         """Decode a reply; a malformed reply is treated like no reply (the outcome is unknown)."""
         try:
             return self._decoder.decode(frame)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             BUS.decode_errors.labels("reply").inc()
             raise RequestTimeout(f"malformed reply from {self._endpoint}: {exc}") from exc
 

@@ -171,8 +171,29 @@ def check_consistency(cfg: FleetConfig) -> None:
     if cfg.kill_switch.heartbeat_interval_ms <= 0:
         raise ConfigError("[kill_switch] heartbeat_interval_ms must be > 0")
     for name, inst in cfg.instruments.items():
-        if inst.price_increment <= 0 or inst.size_increment <= 0:
-            raise ConfigError(f"[instruments.{name}] increments must be > 0")
+        _require_positive(f"instruments.{name}.price_increment", inst.price_increment)
+        _require_positive(f"instruments.{name}.size_increment", inst.size_increment)
+    limits = cfg.risk.limits
+    for field in ("max_order_qty", "max_position"):
+        for sym, value in getattr(limits, field).items():
+            _require_positive(f"risk.limits.{field}.{sym}", value)
+    _require_positive("risk.limits.max_order_notional", limits.max_order_notional)
+    _require_positive("risk.limits.collar_bps", limits.collar_bps)
+    for sym, value in cfg.signal.ofi.order_qty.items():
+        _require_positive(f"signal.ofi.order_qty.{sym}", value)
+    for sym in cfg.signal.symbols:
+        if sym not in cfg.signal.ofi.order_qty:
+            raise ConfigError(f"[signal.ofi] order_qty has no size for {sym!r}")
+    for field in ("taker_fee_bps", "maker_fee_bps"):
+        fee = getattr(cfg.execution, field)
+        if not fee.is_finite() or fee < 0:
+            raise ConfigError(f"execution.{field} must be a finite number >= 0, got {fee}")
+
+
+def _require_positive(path: str, value: Decimal) -> None:
+    """Money limits must be real, positive numbers: NaN or a negative cap would disable a check."""
+    if not value.is_finite() or value <= 0:
+        raise ConfigError(f"{path} must be a finite number > 0, got {value}")
 
 
 def apply_env_overrides(raw: dict[str, Any], env: Any) -> None:
@@ -187,6 +208,8 @@ def apply_env_overrides(raw: dict[str, Any], env: Any) -> None:
         path = name[len(ENV_PREFIX) :].split("__")
         node = raw
         for i, part in enumerate(path):
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {'.'.join(path[:i]).lower()} is not a table")
             key = part if part in node else part.lower()
             if i == len(path) - 1:
                 node[key] = _env_value(value)

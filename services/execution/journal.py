@@ -9,6 +9,7 @@ from typing import IO, TypeVar
 
 import msgspec
 
+from libs.common.bus import DECODE_ERRORS
 from libs.common.messages import Fill, OrderUpdate
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,6 @@ def _read(path: Path, kind: type[T]) -> list[T]:
     for lineno, line in enumerate(path.read_bytes().splitlines(), 1):
         try:
             items.append(decoder.decode(line))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             log.error("%s:%d unreadable journal line skipped: %s", path.name, lineno, exc)
     return items

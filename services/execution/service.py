@@ -12,6 +12,7 @@ import zmq
 from prometheus_client import Counter as PromCounter
 
 from libs.common import topics
+from libs.common.bus import DECODE_ERRORS
 from libs.common.messages import (
     CancelRequest,
     FeedStatus,
@@ -140,7 +141,7 @@ class ExecutionService:
         """Decode and dispatch one request on the order socket."""
         try:
             req = self._decoder.decode(frame)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             BUS.decode_errors.labels("orders").inc()
             log.warning("malformed order request rejected: %s", exc)
             return self.reply("", False, "rejected", "malformed_request")
@@ -205,7 +206,9 @@ class ExecutionService:
 
     def emit(self, events: list[OrderUpdate | Fill]) -> None:
         """Journal first, then publish: nothing is announced that a restart would forget."""
-        for ev in events:
+        now = self.rt.clock.time_ns()
+        for event in events:
+            ev = msgspec.structs.replace(event, ts_init=now)  # ts_init: created here (wall clock)
             self.journal.record(ev)
             if isinstance(ev, Fill):
                 self.fills.append(ev)

@@ -10,7 +10,7 @@ import zmq
 from prometheus_client import Gauge
 
 from libs.common import topics
-from libs.common.bus import new_socket
+from libs.common.bus import DECODE_ERRORS, new_socket
 from libs.common.messages import Command, CommandReply, ControlMessage, StateAck, TradingState
 from libs.common.metrics import BUS
 from libs.common.runtime import Runtime
@@ -85,7 +85,7 @@ class KillSwitchService:
         """Decode, apply and answer a command; bad input gets an error reply."""
         try:
             cmd = self._decoder.decode(frame)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             BUS.decode_errors.labels("ctl").inc()
             return self.reply(False, f"malformed command: {exc}")
         if not isinstance(cmd, Command):
@@ -126,7 +126,7 @@ class KillSwitchService:
         """Decode one ack; count junk as a decode error."""
         try:
             ack = self._decoder.decode(frame)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except DECODE_ERRORS:
             BUS.decode_errors.labels("ctl").inc()
             return
         if isinstance(ack, StateAck):

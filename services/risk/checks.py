@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from libs.common.config import Instrument, RiskLimits
 from libs.common.messages import Quote, Signal
@@ -81,7 +81,10 @@ def check_signal(
     """Run every static check in order; the first failure's reason code, or ''."""
     if instrument is None:
         return "unknown_instrument"
-    if sig.qty <= 0 or sig.qty % instrument.size_increment != 0:
+    try:
+        if sig.qty <= 0 or sig.qty % instrument.size_increment != 0:
+            return "invalid_qty"
+    except InvalidOperation:  # NaN, infinite, or too many digits to be a real quantity
         return "invalid_qty"
     max_qty = limits.max_order_qty.get(sig.symbol)
     max_pos = limits.max_position.get(sig.symbol)
@@ -98,7 +101,11 @@ def _price_checks(sig: Signal, book: SymbolBook, limits: RiskLimits) -> str:
         return "no_reference_price"
     mid = (book.quote.bid_px + book.quote.ask_px) / 2
     price = sig.limit_px if sig.limit_px is not None else sig.ref_px
-    if mid <= 0 or abs(price - mid) / mid * BPS > limits.collar_bps:
+    if (
+        not (mid.is_finite() and price.is_finite())
+        or mid <= 0
+        or abs(price - mid) / mid * BPS > limits.collar_bps
+    ):
         return "price_collar"
     if sig.qty * price > limits.max_order_notional:
         return "max_order_notional"
