@@ -113,14 +113,18 @@ def _price_checks(sig: Signal, book: SymbolBook, limits: RiskLimits) -> str:
 
 
 def _exposure_checks(sig: Signal, book: SymbolBook, max_pos: Decimal, rate: RateLimiter) -> str:
-    """Worst-case position if every working order on this side fills, then the order rate."""
+    """Worst-case position if every working order on this side fills, then the order rate.
+
+    Over the limit is refused unless the order strictly shrinks |position| (a position can end
+    up oversized after a limit is lowered; reducing it must stay possible).
+    """
     pos = book.position.qty
     if sig.side == "buy":
         worst = pos + book.exposure.buy + sig.qty
     else:
         worst = pos - book.exposure.sell - sig.qty
-    if abs(worst) > max_pos:
-        return "max_position"
+    if abs(worst) > max_pos and abs(worst) >= abs(pos):
+        return "max_position"  # an order that shrinks an oversized position is still allowed
     if rate.would_exceed(sig.ts_event):
         return "rate_limit"
     return ""

@@ -319,13 +319,27 @@ def test_accepted_order_never_lets_worst_case_position_or_order_size_exceed_limi
         and qty <= max_qty
         and abs(price - MID) / MID * 10_000 <= D("50")
         and qty * price <= max_notional
-        and abs(worst) <= max_position
+        and (abs(worst) <= max_position or abs(worst) < abs(book.position.qty))
     )
     if reason == "":
         assert qty > 0
         assert qty <= max_qty
         assert qty * price <= max_notional
-        assert abs(worst) <= max_position
+        assert abs(worst) <= max_position or abs(worst) < abs(book.position.qty)
     else:
         assert reason in REASONS
     assert (reason == "") == within_limits  # and nothing inside the limits is refused
+
+
+def test_risk_allows_an_order_that_shrinks_an_oversized_position() -> None:
+    book = quoted_book(bid="60000.00", ask="60000.10")
+    book.position.qty = D("0.010")  # over the 0.003 limit, e.g. after the limit was lowered
+    lim = limits(max_position={"BTCUSDT": D("0.003")})
+
+    reducing = check_signal(
+        signal(side="sell", qty="0.001", ref_px="60000.00"), BTC, book, lim, RateLimiter(10, 1000)
+    )
+    growing = check_signal(signal(side="buy", qty="0.001"), BTC, book, lim, RateLimiter(10, 1000))
+
+    assert reducing == ""
+    assert growing == "max_position"
