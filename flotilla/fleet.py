@@ -7,6 +7,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,7 +78,9 @@ class Fleet:
 
     def __post_init__(self) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        self.store: StateStore = open_store(self.run_dir / "state.sqlite")
+        # One namespace per run: with a shared Redis, one run never sees another's keys.
+        self.namespace = "run-" + re.sub(r"[^A-Za-z0-9_-]", "_", self.run_dir.name)
+        self.store: StateStore = open_store(self.run_dir / "state.sqlite", namespace=self.namespace)
 
     def env_for(self, service: str, instance: str) -> dict[str, str]:
         """The child environment: run dir, config, instance name, ports and overrides."""
@@ -86,6 +89,7 @@ class Fleet:
             FLOTILLA_RUN_DIR=str(self.run_dir),
             FLOTILLA_CONFIG=str(self.config_path),
             FLOTILLA_INSTANCE=instance,
+            FLOTILLA_STORE_NAMESPACE=self.namespace,
             PYTHONUNBUFFERED="1",
         )
         env.update(self.port_env())

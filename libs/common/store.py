@@ -21,6 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+NAMESPACE_ENV = "FLOTILLA_STORE_NAMESPACE"
 REDIS_URL_ENV = "FLOTILLA_REDIS_URL"
 
 # A namespace must not contain the separators used below, otherwise namespace "a"
@@ -86,11 +87,13 @@ class StateStore(Protocol):
 def open_store(
     path: str | os.PathLike[str],
     redis_url: str | None = None,
-    namespace: str = "flotilla",
+    namespace: str | None = None,
 ) -> StateStore:
     """Redis when redis_url (or env FLOTILLA_REDIS_URL when redis_url is None) is set, else
-    EmbeddedStore(path)."""
+    EmbeddedStore(path). The namespace defaults to env FLOTILLA_STORE_NAMESPACE or "flotilla"."""
     url = redis_url if redis_url is not None else os.environ.get(REDIS_URL_ENV)
+    if namespace is None:
+        namespace = os.environ.get(NAMESPACE_ENV) or "flotilla"
     if url:
         return RedisStore(url, namespace)
     return EmbeddedStore(path, namespace)
