@@ -70,8 +70,7 @@ class Publisher:
         self._encoder = msgspec.msgpack.Encoder()
         self._publisher_id = int.from_bytes(os.urandom(4), "big")
         self._seqs: dict[str, int] = {}
-        self._prefixes: dict[str, bytes] = {}
-        self._sent = BUS.messages_sent
+        self._prefixes: dict[str, tuple[bytes, Any]] = {}
 
     @property
     def publisher_id(self) -> int:
@@ -82,13 +81,15 @@ class Publisher:
         """Send one message; returns the sequence number it carried."""
         seq = self._seqs.get(topic, 0) + 1
         self._seqs[topic] = seq
-        prefix = self._prefixes.get(topic)
-        if prefix is None:
-            prefix = self._prefixes[topic] = topics.exact(topic)
+        cached = self._prefixes.get(topic)
+        if cached is None:  # once per topic: wire prefix and the metric child, never per message
+            cached = self._prefixes[topic] = (
+                topics.exact(topic),
+                BUS.messages_sent.labels(topics.family_of(topic)),
+            )
         header = HEADER.pack(self._publisher_id, seq, self._clock.monotonic_ns())
-        frame = prefix + header + self._encoder.encode(msg)
-        self._sock.send(frame, copy=True)
-        self._sent.labels(topics.family_of(topic)).inc()
+        self._sock.send(cached[0] + header + self._encoder.encode(msg), copy=True)
+        cached[1].inc()
         return seq
 
     def close(self) -> None:
@@ -103,7 +104,7 @@ class Subscriber(Generic[T]):
         self.sock = sock
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(message_type)
         self._last_seq: dict[tuple[int, str], int] = {}
-        self._topics: dict[bytes, str] = {}
+        self._topics: dict[bytes, tuple[str, Any]] = {}
         self.decode_errors = 0
         self.sequence_gaps = 0
 
@@ -131,11 +132,13 @@ class Subscriber(Generic[T]):
             self._drop("?", "truncated frame", frame)
             return None
         raw_topic = frame[:end]
-        topic = self._topics.get(raw_topic)
-        if topic is None:
+        known = self._topics.get(raw_topic)
+        if known is None:
             topic = raw_topic.decode("utf-8", "replace")
+            known = (topic, BUS.messages_received.labels(topics.family_of(topic)))
             if len(self._topics) < 10_000:  # bounded: a hostile peer cannot grow it forever
-                self._topics[raw_topic] = topic
+                self._topics[raw_topic] = known
+        topic, received = known
         publisher, seq, pub_ns = HEADER.unpack_from(frame, end + 1)
         try:
             msg = self._decoder.decode(memoryview(frame)[end + 1 + HEADER.size :])
@@ -143,7 +146,7 @@ class Subscriber(Generic[T]):
             self._drop(topic, str(exc), frame)
             return None
         self._check_seq(publisher, topic, seq)
-        BUS.messages_received.labels(topics.family_of(topic)).inc()
+        received.inc()
         return Envelope(topic, publisher, seq, pub_ns, msg)
 
     def _check_seq(self, publisher: int, topic: str, seq: int) -> None:

@@ -83,6 +83,10 @@ def family(*parts: str) -> bytes:
     return (_join(*parts) + ".").encode()
 
 
+FAMILIES = frozenset({"md", "sig", "risk", "exec", "ctl", "hb"})
+
+
 def family_of(topic: str) -> str:
-    """The first segment of a topic (md, sig, risk, exec, ctl, hb): a bounded metric label."""
-    return topic.split(".", 1)[0]
+    """The first segment of a topic, or "other": a metric label a hostile peer cannot inflate."""
+    head = topic.split(".", 1)[0]
+    return head if head in FAMILIES else "other"

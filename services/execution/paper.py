@@ -58,16 +58,25 @@ class PaperExchange:
         self.fees = fees
         self.touch: dict[str, Touch] = {}
         self.orders: dict[str, WorkingOrder] = {}
+        self.open: dict[str, WorkingOrder] = {}  # the working subset: quotes scan only these
         self.next_fill_seq = first_fill_seq
 
     def working(self) -> list[WorkingOrder]:
         """Orders that can still fill."""
-        return [o for o in self.orders.values() if o.status in ("new", "partially_filled")]
+        return list(self.open.values())
+
+    def _track(self, order: WorkingOrder) -> None:
+        """Keep `open` in step with the order's status."""
+        if order.status in ("new", "partially_filled"):
+            self.open[order.req.client_order_id] = order
+        else:
+            self.open.pop(order.req.client_order_id, None)
 
     def submit(self, req: OrderRequest) -> list[OrderUpdate | Fill]:
         """Accept an order and match what is marketable now (events carry the order's event time)."""
         order = WorkingOrder(req)
         self.orders[req.client_order_id] = order
+        self._track(order)
         events: list[OrderUpdate | Fill] = [self._update(order, req.ts_event)]
         touch = self.touch.get(req.symbol)
         if touch is not None:
@@ -78,7 +87,7 @@ class PaperExchange:
         """A new touch: fresh liquidity for every working order (events carry the quote's time)."""
         touch = self.touch[q.symbol] = Touch(q)
         events: list[OrderUpdate | Fill] = []
-        for order in self.working():
+        for order in self.working():  # a copy: fills remove orders from `open` as we go
             if order.req.symbol == q.symbol:
                 events += self._match(
                     order, touch, q.ts_event, taker=order.req.order_type == "market"
@@ -111,9 +120,11 @@ class PaperExchange:
             limit_px=upd.limit_px,
         )
         notional = (upd.avg_px or ZERO) * upd.filled_qty
-        self.orders[upd.client_order_id] = WorkingOrder(
+        order = WorkingOrder(
             req, filled=upd.filled_qty, notional=notional, status=upd.status, reason=upd.reason
         )
+        self.orders[upd.client_order_id] = order
+        self._track(order)
 
     def snapshot(self, order: WorkingOrder, now_ns: int) -> OrderUpdate:
         """An order's current state as a message."""
@@ -125,6 +136,7 @@ class PaperExchange:
         if order is None or order.status not in ("new", "partially_filled"):
             return []
         order.status, order.reason = "canceled", reason
+        self._track(order)
         return [self._update(order, now_ns)]
 
     def _match(
@@ -157,6 +169,7 @@ class PaperExchange:
         order.filled += qty
         order.notional += qty * price
         order.status = "filled" if order.leaves == 0 else "partially_filled"
+        self._track(order)
         bps = self.fees.taker_bps if liquidity == "taker" else self.fees.maker_bps
         req = order.req
         fill = Fill(

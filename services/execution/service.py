@@ -119,8 +119,10 @@ class ExecutionService:
 
     def enforce_state(self) -> None:
         """A halt (or a silent kill switch) cancels every working order."""
+        if not self.paper.open:
+            return
         reason = self.control.gate.refusal()
-        if reason in CANCEL_ON and self.paper.working():
+        if reason in CANCEL_ON:
             now = self.rt.clock.time_ns()
             for order in self.paper.working():
                 self.emit(self.paper.cancel(order.req.client_order_id, now, reason))

@@ -258,3 +258,8 @@ def test_decode_never_raises_on_arbitrary_bytes(junk: bytes, cut: int) -> None:
     finally:
         sock.close(linger=0)
         ctx.term()
+
+
+def test_metric_label_of_an_unknown_topic_family_is_bounded() -> None:
+    assert topics.family_of("md.quote.binance.btcusdt") == "md"
+    assert topics.family_of("zz-attacker-chosen-123.x") == "other"

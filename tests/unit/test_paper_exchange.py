@@ -207,3 +207,18 @@ def test_fill_money_fields_are_decimals_and_survive_the_wire_exactly() -> None:
     for upd in (e for e in events if isinstance(e, OrderUpdate)):
         assert isinstance(upd.filled_qty, Decimal)
         assert upd.avg_px is None or isinstance(upd.avg_px, Decimal)
+
+
+def test_restart_restores_only_unfinished_orders_as_working() -> None:
+    before = exchange()
+    before.on_quote(quote(ask="100.00", ask_qty="0.5"))
+    journaled = before.submit(order("done", qty="0.2")) + before.submit(order("partial", qty="0.8"))
+    updates = [e for e in journaled if isinstance(e, OrderUpdate)]
+
+    after = exchange()
+    for upd in updates:
+        after.restore(upd)
+
+    assert [o.req.client_order_id for o in after.working()] == ["partial"]
+    assert after.orders["done"].status == "filled"
+    assert after.orders["partial"].leaves == D("0.5")
