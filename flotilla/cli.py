@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import runpy
 import sys
 import time
 from pathlib import Path
@@ -96,18 +98,13 @@ def _up(cfg: FleetConfig, args: argparse.Namespace) -> int:
 
 def run_one_service(name: str, config: str | None) -> int:
     """Run a service in-process, exactly as `python -m services.<name>` does."""
-    import importlib
-    import os
-
     if config:
         os.environ["FLOTILLA_CONFIG"] = config
-    module = importlib.import_module(MODULES[name] + ".service")
-    factory = next(
-        getattr(module, n) for n in dir(module) if n.endswith("Service") and n != "Service"
-    )
-    from services.main import run_service
-
-    return run_service(name, factory)
+    try:
+        runpy.run_module(MODULES[name], run_name="__main__", alter_sys=True)
+    except SystemExit as done:  # each service's __main__ exits with its code
+        return int(done.code or 0)
+    return 0
 
 
 if __name__ == "__main__":

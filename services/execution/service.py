@@ -112,7 +112,8 @@ class ExecutionService:
                 for env in self.md.recv_batch():
                     self.on_market_data(env.msg)
             if self.risk.sock in ready:
-                self.risk_ended = self.risk_ended or bool(self.risk.recv_batch())
+                batch = self.risk.recv_batch()
+                self.risk_ended |= any(isinstance(env.msg, StreamEnd) for env in batch)
             self.maybe_end()
             self.rt.save_stats(self.stats(), drained=self.sent_end)
         return 0

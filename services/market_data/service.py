@@ -69,10 +69,13 @@ class MarketDataService:
 
     def missing_consumers(self) -> list[str]:
         """Services that have fewer ready instances than configured."""
+        ready = {
+            svc: len(self.rt.store.keys(f"ready:{svc}:")) for svc in self.cfg.wait_for_consumers
+        }
         return [
-            f"{svc} ({len(self.rt.store.keys(f'ready:{svc}:'))}/{want})"
+            f"{svc} ({ready[svc]}/{want})"
             for svc, want in self.cfg.wait_for_consumers.items()
-            if len(self.rt.store.keys(f"ready:{svc}:")) < want
+            if ready[svc] < want
         ]
 
     def replay(self, paths: list[Path]) -> None:
