@@ -6,12 +6,14 @@ import logging
 import sys
 from typing import Protocol
 
+from libs.common.cluster import LeaseLost
 from libs.common.config import ConfigError, load_config
 from libs.common.runtime import Runtime, run_dir_from_env, setup_logging
 from libs.common.store import StoreError
 
 log = logging.getLogger(__name__)
 EXIT_CONFIG = 2
+EXIT_LEASE_LOST = 4
 
 
 class Service(Protocol):
@@ -41,9 +43,16 @@ def run_service(name: str, factory: ServiceFactory) -> int:
     service = factory(rt)
     started = False
     try:
+        if not rt.wait_for_lease():
+            log.info("%s stopped while standing by", name)
+            return 0
         service.start()
         started = True
         code = service.run()
+    except LeaseLost as exc:
+        # Another instance may be the writer now: stop at once; a restart comes back as standby.
+        log.error("%s lost its single-writer lease, stopping: %s", name, exc)
+        code = EXIT_LEASE_LOST
     except Exception:
         log.exception("%s failed", name)
         code = 1

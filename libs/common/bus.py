@@ -112,6 +112,17 @@ class Subscriber(Generic[T]):
         """Receive topics starting with these bytes (see topics.exact / topics.family)."""
         self.sock.setsockopt(zmq.SUBSCRIBE, prefix)
 
+    def unsubscribe(self, prefix: bytes) -> None:
+        """Stop receiving a prefix, and forget its sequence numbers: what is published while we
+        are not subscribed is not a gap if we subscribe again."""
+        self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
+        exact = prefix.endswith(topics.TERMINATOR)
+        text = prefix.removesuffix(topics.TERMINATOR).decode(errors="replace")
+        for key in [
+            k for k in self._last_seq if (k[1] == text or (not exact and k[1].startswith(text)))
+        ]:
+            del self._last_seq[key]
+
     def recv_batch(self, limit: int = 1000) -> list[Envelope[T]]:
         """Up to `limit` decoded messages that are already waiting; bad frames are dropped."""
         batch: list[Envelope[T]] = []

@@ -123,6 +123,15 @@ class KillSwitchConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields
     initial_state: Literal["ACTIVE", "HALTED"] = "ACTIVE"
 
 
+class ClusterConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Replicas and single writers (see libs/common/cluster.py and the README's Scaling)."""
+
+    membership_ttl_ms: int = 2_000  # a silent replica's symbols move after at most this
+    membership_interval_ms: int = 250  # how often replicas heartbeat and recompute assignment
+    lease_ttl_ms: int = 5_000  # a dead single writer's standby takes over after at most this
+    ready_ttl_ms: int = 5_000  # a start-up readiness mark from a dead process expires
+
+
 class FleetConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Everything the fleet needs, one section per service."""
 
@@ -135,6 +144,7 @@ class FleetConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True
     risk: RiskConfig = RiskConfig()
     execution: ExecutionConfig = ExecutionConfig()
     kill_switch: KillSwitchConfig = KillSwitchConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 def load_config(
@@ -168,6 +178,11 @@ def check_consistency(cfg: FleetConfig) -> None:
                 raise ConfigError(f"[{section}] symbol {sym!r} is not in [instruments]")
     if cfg.market_data.speed < 0:
         raise ConfigError("[market_data] speed must be >= 0 (0 means as fast as possible)")
+    for field in ("membership_ttl_ms", "membership_interval_ms", "lease_ttl_ms", "ready_ttl_ms"):
+        if getattr(cfg.cluster, field) <= 0:
+            raise ConfigError(f"[cluster] {field} must be > 0")
+    if cfg.cluster.membership_interval_ms * 2 > cfg.cluster.membership_ttl_ms:
+        raise ConfigError("[cluster] membership_ttl_ms must be at least 2x membership_interval_ms")
     if cfg.kill_switch.heartbeat_interval_ms <= 0:
         raise ConfigError("[kill_switch] heartbeat_interval_ms must be > 0")
     for name, inst in cfg.instruments.items():

@@ -49,6 +49,14 @@ TRADING_ALLOWED = Gauge(
     "flotilla_trading_allowed",
     "1 when this service currently believes trading is allowed (ACTIVE and fresh), else 0",
 )
+LOOP_HEARTBEAT = Gauge(
+    "flotilla_loop_heartbeat_timestamp_seconds",
+    "Unix time at which this service's main loop last turned (the health check reads it)",
+)
+LEASE_HELD = Gauge(
+    "flotilla_lease_held",
+    "1 while this instance holds its single-writer lease (execution, risk, kill-switch), else 0",
+)
 BUILD_INFO = Info("flotilla_build", "Version and config hash of this process")
 
 

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,15 +22,21 @@ import zmq
 from . import topics
 from .bus import Publisher, Subscriber, new_socket
 from .clock import Clock, LiveClock
+from .cluster import Lease
 from .config import FleetConfig, bind_url
 from .messages import ControlMessage, StateAck, TradingState
-from .metrics import config_hash, serve_metrics
+from .metrics import LEASE_HELD, LOOP_HEARTBEAT, config_hash, serve_metrics
 from .store import StateStore, open_store
 from .trading_gate import TradingGate
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 STATS_INTERVAL_NS = 500_000_000
+BEAT_INTERVAL_NS = 1_000_000_000
+READY_REFRESH_NS = 1_000_000_000
+LEASE_POLL_S = 0.5
+# Services that must be the only active writer for an account (README "Scaling").
+SINGLE_WRITERS = frozenset({"execution", "risk", "kill-switch"})
 C = TypeVar("C")
 
 
@@ -66,7 +73,10 @@ class Runtime:
         self.stop_requested = False
         self.force_stop = False
         self._last_stats_ns = 0
+        self._last_beat_ns = 0
+        self._ready_written: tuple[bytes, int] = (b"", 0)
         self._owned: list[Any] = []
+        self.lease: Lease | None = None
 
     def own(self, closable: C) -> C:
         """Register something with close(); Runtime.close closes it, newest first."""
@@ -115,10 +125,61 @@ class Runtime:
             sock.connect(url)
         return Subscriber(sock, message_type)
 
-    def mark_feed_ready(self, control: ControlLink) -> None:
-        """Tell market-data we hear its stream, once we have also heard the trading state."""
-        if control.gate.state is not None:
-            self.store.set(f"ready:{self.service}:{self.instance}", b"1")
+    def mark_feed_ready(self, control: ControlLink, view: bytes = b"1") -> None:
+        """Tell market-data we hear its stream, once we have also heard the trading state.
+
+        The mark has a TTL (a crashed process's mark must not satisfy a later start) and is
+        refreshed at most once a second unless `view` (a replica's membership view) changed.
+        """
+        if control.gate.state is None:
+            return
+        now = self.clock.monotonic_ns()
+        last_view, last_ns = self._ready_written
+        if view == last_view and now - last_ns < READY_REFRESH_NS:
+            return
+        ttl_ms = self.cfg.cluster.ready_ttl_ms
+        self.store.set(f"ready:{self.service}:{self.instance}", view, ttl_ms=ttl_ms)
+        self._ready_written = (view, now)
+
+    def wait_for_lease(self) -> bool:
+        """Single writers: stand by until this instance holds the lease; False if told to stop."""
+        if self.service not in SINGLE_WRITERS:
+            return True
+        self.lease = Lease(self.store, self.service, self.instance, self.cfg.cluster.lease_ttl_ms)
+        announced = False
+        while not self.stop_requested:
+            if self.lease.try_acquire():
+                LEASE_HELD.set(1)
+                log.info("holding the %s lease: this instance is the active writer", self.service)
+                return True
+            if not announced:
+                log.warning(
+                    "another %s instance (%s) is the active writer; standing by",
+                    self.service,
+                    self.lease.holder_now(),
+                )
+                announced = True
+            self.beat()
+            time.sleep(LEASE_POLL_S)  # SIGTERM sets stop_requested; the loop re-checks it
+        return False
+
+    def maintain(self) -> None:
+        """Called from every service loop: liveness beat and lease renewal (raises LeaseLost)."""
+        now = self.clock.monotonic_ns()
+        if now - self._last_beat_ns < BEAT_INTERVAL_NS:
+            return
+        self.beat(now)
+        if self.lease is not None:
+            try:
+                self.lease.renew()
+            except Exception:
+                LEASE_HELD.set(0)
+                raise
+
+    def beat(self, now_ns: int | None = None) -> None:
+        """Show the health check that this process's main loop is still turning."""
+        self._last_beat_ns = self.clock.monotonic_ns() if now_ns is None else now_ns
+        LOOP_HEARTBEAT.set_to_current_time()
 
     def save_stats(self, stats: dict[str, Any], drained: bool = False, force: bool = False) -> None:
         """Write this instance's counters to the store (at most every 500 ms unless forced)."""
@@ -137,9 +198,12 @@ class Runtime:
             self.store.set(f"drained:{self.service}:{self.instance}", b"1")
 
     def close(self) -> None:
-        """Close every owned socket (newest first), terminate the context, close the store."""
+        """Close every owned socket (newest first), release the lease, close the store."""
         while self._owned:
             self._owned.pop().close()
+        if self.lease is not None:
+            self.lease.release()
+            LEASE_HELD.set(0)
         self.ctx.destroy(linger=0)  # closed sockets keep their own LINGER; this only hits strays
         self.store.close()
 
@@ -185,15 +249,35 @@ class ControlLink:
                 log.warning("could not acknowledge state seq %d: ack queue full", state.seq)
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line (what container log collectors parse)."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as JSON, with the traceback (if any) in `exc`."""
+        doc = {
+            "ts": self.formatTime(record),
+            "service": self.service,
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
 def setup_logging(service: str) -> None:
     """One line per event on stderr; JSON when FLOTILLA_LOG_JSON=1 (containers)."""
     level = os.environ.get("FLOTILLA_LOG_LEVEL", "INFO").upper()
+    handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("FLOTILLA_LOG_JSON") == "1":
-        fmt = (
-            '{"ts":"%(asctime)s","service":"'
-            + service
-            + '","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
-        )
+        handler.setFormatter(JsonLogFormatter(service))
     else:
-        fmt = f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+        )
+    logging.basicConfig(level=level, handlers=[handler], force=True)

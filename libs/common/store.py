@@ -55,6 +55,16 @@ class StateStore(Protocol):
         """Atomically store a value only if no live key exists; True if stored."""
         ...
 
+    def replace_if_equal(
+        self, key: str, expected: bytes, value: bytes, ttl_ms: int | None = None
+    ) -> bool:
+        """Atomically replace a live key's value (and TTL) only if it equals expected."""
+        ...
+
+    def delete_if_equal(self, key: str, expected: bytes) -> bool:
+        """Atomically delete a live key only if its value equals expected; True if deleted."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove a key; no error if it does not exist."""
         ...
@@ -257,6 +267,27 @@ class EmbeddedStore:
             self._write(key, value, None if ttl_ms is None else _now_ms() + ttl_ms)
             return True
 
+    def replace_if_equal(
+        self, key: str, expected: bytes, value: bytes, ttl_ms: int | None = None
+    ) -> bool:
+        """Atomically replace a live key's value (and TTL) only if it equals expected."""
+        _check_ttl(ttl_ms)
+        with self._errors(), self._immediate():
+            row = self._live_row(key)
+            if row is None or bytes(row[0]) != expected:
+                return False
+            self._write(key, value, None if ttl_ms is None else _now_ms() + ttl_ms)
+            return True
+
+    def delete_if_equal(self, key: str, expected: bytes) -> bool:
+        """Atomically delete a live key only if its value equals expected; True if deleted."""
+        with self._errors(), self._immediate():
+            row = self._live_row(key)
+            if row is None or bytes(row[0]) != expected:
+                return False
+            self._db.execute("DELETE FROM kv WHERE ns = ? AND key = ?", (self._ns, key))
+            return True
+
     def delete(self, key: str) -> None:
         """Remove a key; no error if it does not exist."""
         with self._errors():
@@ -355,6 +386,8 @@ class RedisStore:
             )
         except ValueError as exc:  # redis-py's word for a malformed URL or bad scheme
             raise StoreError(f"invalid Redis URL {self._url}: {exc}") from exc
+        self._replace_script = self._client.register_script(_REPLACE_IF_EQUAL_LUA)
+        self._delete_script = self._client.register_script(_DELETE_IF_EQUAL_LUA)
         try:
             with self._errors():
                 self._client.ping()
@@ -395,6 +428,23 @@ class RedisStore:
         _check_ttl(ttl_ms)
         with self._errors():
             return bool(self._client.set(self._key(key), value, px=ttl_ms, nx=True))
+
+    def replace_if_equal(
+        self, key: str, expected: bytes, value: bytes, ttl_ms: int | None = None
+    ) -> bool:
+        """Atomically replace a live key's value (and TTL) only if it equals expected."""
+        _check_ttl(ttl_ms)
+        with self._errors():
+            done = self._replace_script(
+                keys=[self._key(key)], args=[expected, value, 0 if ttl_ms is None else ttl_ms]
+            )
+        return bool(done)
+
+    def delete_if_equal(self, key: str, expected: bytes) -> bool:
+        """Atomically delete a live key only if its value equals expected; True if deleted."""
+        with self._errors():
+            done = self._delete_script(keys=[self._key(key)], args=[expected])
+        return bool(done)
 
     def delete(self, key: str) -> None:
         """Remove a key; no error if it does not exist."""
@@ -439,6 +489,22 @@ class RedisStore:
     def close(self) -> None:
         """Close the client's connections."""
         self._client.close()
+
+
+# Compare-and-set in one server-side step: a lease holder renews or releases only its own lease.
+_REPLACE_IF_EQUAL_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1
+"""
+_DELETE_IF_EQUAL_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
 
 
 def _glob_escape(text: str) -> str:

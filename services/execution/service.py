@@ -102,6 +102,7 @@ class ExecutionService:
     def run(self) -> int:
         """Control first on every pass, then orders, then quotes."""
         while not self.rt.stop_requested:
+            self.rt.maintain()
             ready = dict(self.poller.poll(POLL_MS))
             if self.control.socket in ready:
                 self.control.drain()

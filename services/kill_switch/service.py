@@ -65,6 +65,7 @@ class KillSwitchService:
             if self.ack_sock in ready:
                 self.collect_acks()
             if self.rt.clock.monotonic_ns() >= next_beat:
+                self.rt.maintain()  # renew the lease before speaking for the fleet
                 self.publish(self.latch.heartbeat())
                 next_beat += interval_ns
                 self.rt.save_stats(self.stats(), drained=True)

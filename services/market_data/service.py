@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -48,6 +49,7 @@ class MarketDataService:
         self.rt.save_stats(self.stats(), drained=True)
         log.info("replay finished: %s", dict(self.published))
         while not self.rt.stop_requested:
+            self.rt.maintain()
             self.control.drain()
             time.sleep(0.05)
         return 0
@@ -56,6 +58,7 @@ class MarketDataService:
         """Publish `waiting` until every expected consumer reports it hears us (slow joiners)."""
         deadline = time.monotonic() + self.cfg.consumer_wait_timeout_ms / 1000
         while not self.rt.stop_requested:
+            self.rt.maintain()
             self.publish_status("waiting")
             self.control.drain()
             missing = self.missing_consumers()
@@ -68,15 +71,23 @@ class MarketDataService:
         return False
 
     def missing_consumers(self) -> list[str]:
-        """Services that have fewer ready instances than configured."""
-        ready = {
-            svc: len(self.rt.store.keys(f"ready:{svc}:")) for svc in self.cfg.wait_for_consumers
-        }
-        return [
-            f"{svc} ({ready[svc]}/{want})"
-            for svc, want in self.cfg.wait_for_consumers.items()
-            if ready[svc] < want
-        ]
+        """Services with fewer ready instances than configured, or whose replicas disagree."""
+        missing = []
+        for svc, want in self.cfg.wait_for_consumers.items():
+            keys = self.rt.store.keys(f"ready:{svc}:")
+            if len(keys) < want:
+                missing.append(f"{svc} ({len(keys)}/{want})")
+            elif not self.replicas_settled(svc, keys):
+                missing.append(f"{svc} (replica assignment not settled)")
+        return missing
+
+    def replicas_settled(self, svc: str, ready_keys: list[str]) -> bool:
+        """Replicas mark ready with their membership view; every view must be exactly the
+        ready set, or a replica could still be about to hand symbols over mid-replay."""
+        instances = sorted(key[len(f"ready:{svc}:") :] for key in ready_keys)
+        expected = json.dumps(instances).encode()
+        views = {self.rt.store.get(key) for key in ready_keys} - {b"1", None}
+        return not views or views == {expected}
 
     def replay(self, paths: list[Path]) -> None:
         """Publish every recorded trade and quote, paced by receive time divided by speed."""
@@ -85,6 +96,7 @@ class MarketDataService:
         for count, (recv_ns, raw) in enumerate(merged(paths, self.lines)):
             if count % CONTROL_CHECK_EVERY == 0:
                 self.control.drain()
+                self.rt.maintain()
                 self.rt.save_stats(self.stats())
                 if self.rt.stop_requested:
                     log.info("stop requested during replay")

@@ -87,6 +87,7 @@ class RiskService:
     def run(self) -> int:
         """Control first on every pass, then fills, then quotes, then signals."""
         while not self.rt.stop_requested:
+            self.rt.maintain()
             ready = dict(self.poller.poll(POLL_MS))
             if self.control.socket in ready:
                 self.control.drain()
@@ -254,7 +255,8 @@ class RiskService:
         """Once market data and every signal replica have ended, tell execution."""
         if self.sent_end or not self.md_ended:
             return
-        replicas = {k.rsplit(":", 1)[1] for k in self.rt.store.keys("ready:signal:")}
+        # Live replicas (TTL membership): a replica that died mid-stream is not waited for.
+        replicas = {k.rsplit(":", 1)[1] for k in self.rt.store.keys("members:signal:")}
         if not replicas or not replicas.issubset(self.signal_ends):
             return
         self.sent_end = True

@@ -1,15 +1,25 @@
-"""signal: runs the strategy over its symbols' trades and quotes, publishes sig.* intents."""
+"""signal: runs the strategy over its symbols' trades and quotes, publishes sig.* intents.
+
+Replicas split the symbols among themselves: each registers in the state store with a TTL
+heartbeat and owns the symbols that rendezvous hashing gives it over the live replicas
+(libs/common/cluster.py). A replica subscribes only to the symbols it owns, and picks up a
+dead replica's symbols within membership_ttl_ms + membership_interval_ms.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from typing import Any
 
 import zmq
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge
 
 from libs.common import topics
 from libs.common.bus import Envelope
+from libs.common.cluster import Membership, assign
 from libs.common.messages import FeedStatus, MarketData, Quote, Signal, StreamEnd, Trade
 from libs.common.runtime import ControlLink, Runtime
 
@@ -17,6 +27,15 @@ from .strategy import Decision, OfiStrategy
 
 log = logging.getLogger(__name__)
 POLL_MS = 50
+# A subscription change needs a moment to reach market-data's PUB; a replica reports its view
+# ready only on a feed status that market-data sent this long after the change.
+SUBSCRIPTION_SETTLE_NS = 100_000_000
+
+ASSIGNED = Gauge("flotilla_signal_assigned_symbols", "Symbols this replica currently owns")
+REPLICAS = Gauge("flotilla_signal_live_replicas", "Live signal replicas this replica can see")
+REBALANCES = PromCounter(
+    "flotilla_signal_rebalances", "Times this replica's symbol assignment changed"
+)
 
 
 class SignalService:
@@ -26,21 +45,22 @@ class SignalService:
         self.rt = rt
         self.cfg = rt.cfg.signal
         self.symbols = list(self.cfg.symbols or rt.cfg.instruments)
-        self.strategies = {s: OfiStrategy(self.cfg.ofi, s) for s in self.symbols}
+        self.strategies: dict[str, OfiStrategy] = {}
+        cluster = rt.cfg.cluster
+        self.membership = Membership(rt.store, "signal", rt.instance, cluster.membership_ttl_ms)
+        self.membership_interval_ns = cluster.membership_interval_ms * 1_000_000
+        self.next_membership_ns = 0
+        self.view: list[str] = []
+        self.assignment_changed_ns = 0
         self.ticks_received: Counter[str] = Counter()
         self.signals: Counter[str] = Counter()
         self.foreign_symbol_drops = 0
-        self.feed_seen = False
         self.ended = False
 
     def start(self) -> None:
         """Connect to market data, the control plane and risk's signal inlet."""
         bus = self.rt.cfg.bus
         self.md = self.rt.subscriber(bus.md_pub, MarketData)
-        for sym in self.symbols:
-            venue = self.rt.cfg.instruments[sym].venue
-            self.md.subscribe(topics.exact(topics.md_trade(venue, sym)))
-            self.md.subscribe(topics.exact(topics.md_quote(venue, sym)))
         self.md.subscribe(topics.family("md", "status"))
         self.pub = self.rt.publisher(bus.sig_in, bind=False)
         self.control = ControlLink(self.rt)
@@ -48,10 +68,14 @@ class SignalService:
         self.poller.register(self.md.sock, zmq.POLLIN)
         self.poller.register(self.control.socket, zmq.POLLIN)
         self.rt.serve_metrics(self.cfg.metrics_port)
+        self.refresh_membership()
 
     def run(self) -> int:
         """Poll market data and control until asked to stop."""
         while not self.rt.stop_requested:
+            self.rt.maintain()
+            if self.rt.clock.monotonic_ns() >= self.next_membership_ns:
+                self.refresh_membership()
             ready = dict(self.poller.poll(POLL_MS))
             if self.control.socket in ready:
                 self.control.drain()
@@ -60,6 +84,58 @@ class SignalService:
                     self.on_market_data(env)
             self.rt.save_stats(self.stats(), drained=self.ended)
         return 0
+
+    def refresh_membership(self) -> None:
+        """Heartbeat, then take exactly the symbols rendezvous hashing gives this replica."""
+        self.next_membership_ns = self.rt.clock.monotonic_ns() + self.membership_interval_ns
+        self.membership.heartbeat()
+        members = self.membership.live_members()
+        if self.rt.instance not in members:  # our key expired between set and scan: re-added
+            members = sorted([*members, self.rt.instance])
+        REPLICAS.set(len(members))
+        if members != self.view:
+            self.view = members
+            self.apply_assignment(assign(self.symbols, members, self.rt.instance))
+        self.publish_assignment()
+
+    def apply_assignment(self, owned: list[str]) -> None:
+        """Subscribe to symbols gained, unsubscribe (and forget) symbols lost."""
+        gained = [s for s in owned if s not in self.strategies]
+        lost = [s for s in self.strategies if s not in owned]
+        for sym in gained:
+            for topic in self.symbol_topics(sym):
+                self.md.subscribe(topic)
+            self.strategies[sym] = OfiStrategy(self.cfg.ofi, sym)
+        for sym in lost:
+            for topic in self.symbol_topics(sym):
+                self.md.unsubscribe(topic)
+            del self.strategies[sym]
+        ASSIGNED.set(len(owned))
+        if gained or lost:
+            REBALANCES.inc()
+            self.assignment_changed_ns = self.rt.clock.time_ns()
+            log.info("replicas %s: own %s (gained %s, lost %s)", self.view, owned, gained, lost)
+
+    def publish_assignment(self) -> None:
+        """Record what this replica owns, for operators and the scaling tests."""
+        doc = {
+            "symbols": sorted(self.strategies),
+            "members": self.view,
+            "changed_ns": self.assignment_changed_ns,
+        }
+        self.rt.store.set(
+            f"assign:signal:{self.rt.instance}",
+            json.dumps(doc).encode(),
+            ttl_ms=self.rt.cfg.cluster.membership_ttl_ms,
+        )
+
+    def symbol_topics(self, symbol: str) -> list[bytes]:
+        """The md topics one symbol arrives on."""
+        venue = self.rt.cfg.instruments[symbol].venue
+        return [
+            topics.exact(topics.md_trade(venue, symbol)),
+            topics.exact(topics.md_quote(venue, symbol)),
+        ]
 
     def on_market_data(self, env: Envelope[Any]) -> None:
         """Dispatch one market-data message."""
@@ -98,10 +174,9 @@ class SignalService:
         self.signals[trade.symbol] += 1
 
     def on_feed_status(self, status: FeedStatus) -> None:
-        """First status: tell market-data we hear it. `end`: forward end-of-stream to risk."""
-        if not self.feed_seen:
-            self.rt.mark_feed_ready(self.control)
-            self.feed_seen = self.control.gate.state is not None
+        """Tell market-data we hear it and which replicas we see. `end`: tell risk."""
+        if status.ts_init >= self.assignment_changed_ns + SUBSCRIPTION_SETTLE_NS:
+            self.rt.mark_feed_ready(self.control, json.dumps(self.view).encode())
         if status.state == "end" and not self.ended:
             self.ended = True
             now = self.rt.clock.time_ns()
@@ -130,5 +205,6 @@ class SignalService:
         }
 
     def close(self) -> None:
-        """Write final counters; the Runtime closes the sockets."""
+        """Write final counters and leave the group so survivors take our symbols at once."""
         self.rt.save_stats(self.stats(), drained=self.ended, force=True)
+        self.membership.leave()
