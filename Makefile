@@ -6,8 +6,12 @@ BIN := $(VENV)/bin
 SPEED ?= 10
 RUN_DIR ?= runs/$(shell date -u +%Y%m%dT%H%M%SZ)
 PYTEST_ARGS ?=
+# Compose v2 plugin when present, else Debian's docker-compose (v1); both read the same file.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE_FILE := deploy/docker-compose.yml
 
-.PHONY: help venv run test test-unit test-integration lint format proto system-deps clean
+.PHONY: help venv run test test-unit test-integration test-system lint format proto system-deps \
+	images compose-up compose-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -28,7 +32,10 @@ run: $(BIN)/.installed ## run the five services on the bundled Binance data (SPE
 system-deps: ## install Debian packages the tests need (redis-server)
 	bash scripts/install-system-deps.sh
 
-test: $(BIN)/.installed system-deps ## the whole suite: unit and integration (non-zero on any failure)
+images: $(BIN)/.installed ## build the five service images (offline: Debian base via debootstrap; see README)
+	PIP="$(BIN)/pip" bash scripts/build-images.sh
+
+test: $(BIN)/.installed system-deps images ## the whole suite: unit, integration, system (non-zero on any failure)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: $(BIN)/.installed ## unit tests only (fast)
@@ -36,6 +43,16 @@ test-unit: $(BIN)/.installed ## unit tests only (fast)
 
 test-integration: $(BIN)/.installed system-deps ## integration tests: real ZeroMQ on loopback
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-system: $(BIN)/.installed images ## system tests: the compose fleet, real containers and Redis
+	$(BIN)/pytest tests/system $(PYTEST_ARGS)
+
+compose-up: images ## run the fleet in containers on the bundled data (REPLAY_SPEED, SIGNAL_REPLICAS)
+	$(COMPOSE) -f $(COMPOSE_FILE) up -d
+	@echo "fleet up: flotilla status | $(COMPOSE) -f $(COMPOSE_FILE) logs -f | make compose-down"
+
+compose-down: ## stop the compose fleet (SIGTERM, drained exit) and remove its containers
+	$(COMPOSE) -f $(COMPOSE_FILE) down
 
 lint: $(BIN)/.installed ## ruff (format check + lint) and mypy
 	$(BIN)/ruff format --check .

@@ -53,8 +53,10 @@ def scrape(port: int, timeout_s: float) -> dict[str, float]:
 def check(service: str, samples: dict[str, float], ready: bool, max_age_s: float) -> None:
     """Raise Unhealthy unless the scraped samples show a live (and, if asked, ready) service."""
     beat = samples.get("flotilla_loop_heartbeat_timestamp_seconds", 0.0)
+    if beat <= 0:  # the gauge's initial 0 would otherwise read as "not turned for 55 years"
+        raise Unhealthy(f"{service}: main loop has not reported a heartbeat yet")
     age = time.time() - beat
-    if beat <= 0 or age > max_age_s:
+    if age > max_age_s:
         raise Unhealthy(f"{service}: main loop has not turned for {age:.1f} s")
     if not ready:
         return

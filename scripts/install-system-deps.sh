@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the system packages Flotilla's tests need (currently: redis-server).
-# Idempotent: does nothing when everything is already on PATH.
+# Install the system packages Flotilla's tests need: redis-server (integration tests), and
+# docker-compose when neither Compose v2 nor v1 is present (system tests; the Docker engine
+# itself must already run). Idempotent: does nothing when everything is already on PATH.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -16,8 +17,16 @@ if [[ "$(id -u)" -ne 0 ]]; then
     fi
 fi
 
-if command -v redis-server >/dev/null 2>&1; then
-    echo "install-system-deps: redis-server already present ($(command -v redis-server))"
+PACKAGES=()
+command -v redis-server >/dev/null 2>&1 || PACKAGES+=(redis-server)
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+    PACKAGES+=(docker-compose)
+fi
+if ! command -v docker >/dev/null 2>&1; then
+    echo "install-system-deps: warning: no docker CLI; the system tests need a Docker engine" >&2
+fi
+if [[ ${#PACKAGES[@]} -eq 0 ]]; then
+    echo "install-system-deps: redis-server and compose already present"
     exit 0
 fi
 
@@ -40,10 +49,11 @@ cleanup() {
 trap cleanup EXIT
 
 "${SUDO[@]}" apt-get update
-"${SUDO[@]}" apt-get install -y --no-install-recommends redis-server
+"${SUDO[@]}" apt-get install -y --no-install-recommends "${PACKAGES[@]}"
 
-if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+if [[ " ${PACKAGES[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1 \
+    && [[ -d /run/systemd/system ]]; then
     "${SUDO[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
 
-echo "install-system-deps: installed $(redis-server --version)"
+echo "install-system-deps: installed ${PACKAGES[*]}"

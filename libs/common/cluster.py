@@ -48,7 +48,6 @@ class Membership:
         group: str,
         instance: str,
         ttl_ms: int,
-        monotonic_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         if ttl_ms <= 0:
             raise ValueError("membership ttl_ms must be > 0")
@@ -56,7 +55,6 @@ class Membership:
         self.prefix = f"members:{group}:"
         self.instance = instance
         self.ttl_ms = ttl_ms
-        self._monotonic_ns = monotonic_ns
 
     def heartbeat(self) -> None:
         """Refresh this replica's key (it disappears ttl_ms after the last heartbeat)."""
@@ -98,10 +96,12 @@ class Lease:
 
     def try_acquire(self) -> bool:
         """Take the lease if it is free (or already ours); True when held."""
-        if self.store.set_if_absent(self.key, self.holder, ttl_ms=self.ttl_ms) or (
+        # Assign `held` either way: a former holder whose lease someone else took must not
+        # keep reporting held=True from an earlier acquisition.
+        self.held = self.store.set_if_absent(self.key, self.holder, ttl_ms=self.ttl_ms) or (
             self.store.replace_if_equal(self.key, self.holder, self.holder, ttl_ms=self.ttl_ms)
-        ):
-            self.held = True
+        )
+        if self.held:
             self._renewed_ns = self._monotonic_ns()
         return self.held
 

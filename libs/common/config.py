@@ -181,6 +181,12 @@ def check_consistency(cfg: FleetConfig) -> None:
     for field in ("membership_ttl_ms", "membership_interval_ms", "lease_ttl_ms", "ready_ttl_ms"):
         if getattr(cfg.cluster, field) <= 0:
             raise ConfigError(f"[cluster] {field} must be > 0")
+    # Leases renew and ready marks refresh about once a second (runtime.BEAT_INTERVAL_NS), and
+    # a holder stops at half its TTL without a confirmed renewal: shorter TTLs would lapse.
+    if cfg.cluster.lease_ttl_ms < 3_000:
+        raise ConfigError("[cluster] lease_ttl_ms must be >= 3000 (leases renew every second)")
+    if cfg.cluster.ready_ttl_ms < 2_000:
+        raise ConfigError("[cluster] ready_ttl_ms must be >= 2000 (marks refresh every second)")
     if cfg.cluster.membership_interval_ms * 2 > cfg.cluster.membership_ttl_ms:
         raise ConfigError("[cluster] membership_ttl_ms must be at least 2x membership_interval_ms")
     if cfg.kill_switch.heartbeat_interval_ms <= 0:

@@ -77,6 +77,7 @@ class Runtime:
         self._ready_written: tuple[bytes, int] = (b"", 0)
         self._owned: list[Any] = []
         self.lease: Lease | None = None
+        self._metrics_served = False
 
     def own(self, closable: C) -> C:
         """Register something with close(); Runtime.close closes it, newest first."""
@@ -95,7 +96,10 @@ class Runtime:
         signal.signal(signal.SIGINT, _handler)
 
     def serve_metrics(self, port: int) -> None:
-        """Expose /metrics with build info carrying the config hash."""
+        """Expose /metrics with build info carrying the config hash (once per process)."""
+        if self._metrics_served:
+            return
+        self._metrics_served = True
         digest = config_hash(msgspec.json.encode(self.cfg))
         serve_metrics(port, self.cfg.metrics_host, self.service, VERSION, digest)
 
@@ -145,6 +149,8 @@ class Runtime:
         """Single writers: stand by until this instance holds the lease; False if told to stop."""
         if self.service not in SINGLE_WRITERS:
             return True
+        # A standby serves metrics too: it is alive (health check) and visibly not the writer.
+        self.serve_metrics(getattr(self.cfg, self.service.replace("-", "_")).metrics_port)
         self.lease = Lease(self.store, self.service, self.instance, self.cfg.cluster.lease_ttl_ms)
         announced = False
         while not self.stop_requested:

@@ -360,3 +360,60 @@ def test_running_redis_server_stops_afterwards(tmp_path: Path) -> None:
         assert s.get("k") == b"v"
     with pytest.raises(StoreError):
         RedisStore(url)
+
+
+# --- compare-and-set (what leases are built on), both backends ----------------------------
+
+
+def test_replace_if_equal_replaces_only_the_expected_value(store: StateStore) -> None:
+    store.set("lease", b"\x00a")
+    assert not store.replace_if_equal("lease", b"\x00b", b"thief")
+    assert store.get("lease") == b"\x00a"
+    assert store.replace_if_equal("lease", b"\x00a", b"\x00a-renewed")
+    assert store.get("lease") == b"\x00a-renewed"
+
+
+def test_replace_if_equal_on_a_missing_key_neither_succeeds_nor_creates_it(
+    store: StateStore,
+) -> None:
+    assert not store.replace_if_equal("lease", b"a", b"a", ttl_ms=60_000)
+    assert store.get("lease") is None
+    assert store.keys("") == []
+
+
+def test_replace_if_equal_does_not_revive_an_expired_key(store: StateStore) -> None:
+    store.set("lease", b"a", ttl_ms=50)
+    assert _wait_until(lambda: store.get("lease") is None)
+    assert not store.replace_if_equal("lease", b"a", b"a", ttl_ms=60_000)
+    assert store.get("lease") is None
+
+
+def test_replace_if_equal_applies_the_new_ttl(store: StateStore) -> None:
+    store.set("short", b"a", ttl_ms=60_000)
+    assert store.replace_if_equal("short", b"a", b"b", ttl_ms=80)
+    assert store.get("short") == b"b"
+    assert _wait_until(lambda: store.get("short") is None)
+
+
+def test_replace_if_equal_without_ttl_clears_the_old_ttl(store: StateStore) -> None:
+    store.set("k", b"a", ttl_ms=50)
+    assert store.replace_if_equal("k", b"a", b"b")
+    time.sleep(0.15)
+    assert store.get("k") == b"b"
+
+
+def test_replace_if_equal_rejects_an_invalid_ttl(store: StateStore) -> None:
+    store.set("k", b"a")
+    with pytest.raises(ValueError):
+        store.replace_if_equal("k", b"a", b"b", ttl_ms=0)
+    assert store.get("k") == b"a"
+
+
+def test_delete_if_equal_deletes_only_the_expected_value(store: StateStore) -> None:
+    store.set("lease", b"\x00a")
+    assert not store.delete_if_equal("lease", b"\x00b")
+    assert store.get("lease") == b"\x00a"
+    assert store.delete_if_equal("lease", b"\x00a")
+    assert store.get("lease") is None
+    assert not store.delete_if_equal("lease", b"\x00a")  # already gone
+    assert not store.delete_if_equal("never-existed", b"x")
