@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build Flotilla's base images from Debian's packages, with no registry: debootstrap a minimal
-# Debian rootfs and `docker import` it. Two images come out:
+# Debian rootfs and `docker import` it. Three images come out:
 #   flotilla/debian-python:bookworm  python3 + venv, the base of every service image
 #   flotilla/redis:bookworm          Debian's redis-server, for compose and the system tests
-# With a registry, skip this script and build on python:3.11-slim / redis:7 instead (README).
+#   flotilla/prometheus:bookworm     Debian's prometheus, for compose's monitoring profile
+# With a registry, skip this script and use python:3.11-slim / redis:7 / prom/prometheus (README).
 # Idempotent: an image that already exists is left alone (FORCE=1 rebuilds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ SUITE=${DEBIAN_SUITE:-bookworm}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PYTHON_BASE=${PYTHON_BASE:-flotilla/debian-python:$SUITE}
 REDIS_BASE=${REDIS_IMAGE:-flotilla/redis:$SUITE}
+PROMETHEUS_BASE=${PROMETHEUS_IMAGE:-flotilla/prometheus:$SUITE}
 WORK=${BASE_BUILD_DIR:-build/base}
 CACHE=$(realpath -m "$WORK/debs")
 
@@ -77,16 +79,31 @@ build_redis() {
     rm -rf "$WORK/redis"
 }
 
+build_prometheus() {
+    image_exists "$PROMETHEUS_BASE" && { echo "build-base-images: $PROMETHEUS_BASE exists"; return; }
+    make_rootfs prometheus "prometheus"
+    mkdir -p "$WORK/prometheus/prometheus"
+    chown "$(chroot "$WORK/prometheus" id -u prometheus):$(chroot "$WORK/prometheus" id -g prometheus)" \
+        "$WORK/prometheus/prometheus"
+    import_rootfs "$WORK/prometheus" "$PROMETHEUS_BASE" \
+        'ENV LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        'USER prometheus' 'WORKDIR /prometheus' 'EXPOSE 9090' \
+        'ENTRYPOINT ["/usr/bin/prometheus"]' \
+        'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]'
+    rm -rf "$WORK/prometheus"
+}
+
 main() {
     mkdir -p "$WORK"
-    if image_exists "$PYTHON_BASE" && image_exists "$REDIS_BASE"; then
-        echo "build-base-images: $PYTHON_BASE and $REDIS_BASE exist"
+    if image_exists "$PYTHON_BASE" && image_exists "$REDIS_BASE" && image_exists "$PROMETHEUS_BASE"; then
+        echo "build-base-images: $PYTHON_BASE, $REDIS_BASE and $PROMETHEUS_BASE exist"
         return
     fi
     need_root
     ensure_debootstrap
     build_python_base
     build_redis
+    build_prometheus
 }
 
 main "$@"

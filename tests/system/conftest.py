@@ -15,7 +15,8 @@ from libs.common.testing.compose import ROOT, SERVICES, ComposeFleet
 # and every container a test starts is removed by the test's own context manager instead.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 REDIS_IMAGE = os.environ.get("REDIS_IMAGE", "flotilla/redis:bookworm")
-IMAGES = [f"flotilla/{service}:latest" for service in SERVICES] + [REDIS_IMAGE]
+PROMETHEUS_IMAGE = os.environ.get("PROMETHEUS_IMAGE", "flotilla/prometheus:bookworm")
+IMAGES = [f"flotilla/{service}:latest" for service in SERVICES] + [REDIS_IMAGE, PROMETHEUS_IMAGE]
 
 
 def image_exists(image: str) -> bool:

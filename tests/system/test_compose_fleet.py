@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -235,3 +236,46 @@ def test_second_execution_stands_by_and_takes_over_only_when_the_writer_dies(com
 
     (restored,) = wait_for(extra_stats, 15, "the new writer's stats")
     assert restored["orders_received"] > 0, "the journal of the dead writer was restored"
+
+
+def prometheus_query(fleet: ComposeFleet, path: str) -> dict:
+    """GET a Prometheus HTTP API path on the monitoring profile's published port."""
+    url = f"http://127.0.0.1:{fleet.env['PROMETHEUS_PORT']}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+    except OSError:
+        return {}
+
+
+def scraped_services(fleet: ComposeFleet) -> set[str]:
+    """Services whose every target Prometheus currently reports as up."""
+    targets = prometheus_query(fleet, "/api/v1/targets").get("data", {}).get("activeTargets", [])
+    up = {t["labels"]["service"] for t in targets if t["health"] == "up"}
+    down = {t["labels"]["service"] for t in targets if t["health"] != "up"}
+    return up - down
+
+
+def test_monitoring_profile_scrapes_every_service_and_agrees_with_the_fleet(compose_fleet):
+    """`--profile monitoring`: Prometheus finds every service (2 signal replicas included)
+    through Docker's DNS, and its fill count is the one execution reports."""
+    fleet = compose_fleet(REPLAY_SPEED="0", SIGNAL_REPLICAS="2")
+    fleet.up_with_profile("monitoring")
+    wait_until_drained(fleet, 180)
+    wait_for(
+        lambda: scraped_services(fleet) == {"kill-switch", *FOUR_SERVICES},
+        60,
+        "Prometheus to scrape every service",
+        interval_s=1,
+    )
+    (execution,) = fleet.stats("execution")
+    query = "/api/v1/query?query=sum(flotilla_execution_fills_total)"
+
+    def fills_in_prometheus() -> float | None:
+        result = prometheus_query(fleet, query).get("data", {}).get("result", [])
+        value = float(result[0]["value"][1]) if result else None
+        return value if value == execution["fills"] else None
+
+    wait_for(fills_in_prometheus, 30, f"Prometheus to see {execution['fills']} fills", 1)
+    replicas = prometheus_query(fleet, "/api/v1/query?query=count(up{service=%22signal%22})")
+    assert replicas["data"]["result"][0]["value"][1] == "2"

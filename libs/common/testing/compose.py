@@ -103,6 +103,10 @@ class ComposeFleet:
         """Start the fleet detached (waits for compose's health-ordered start)."""
         self.compose("up", "-d", *args)
 
+    def up_with_profile(self, profile: str, *args: str) -> None:
+        """Start the fleet plus a profile's services (e.g. monitoring)."""
+        run([*self._compose, "--profile", profile, "up", "-d", *args], 180, self.env)
+
     def stop(self, timeout_s: int = 10) -> dict[str, int]:
         """`compose stop` with the given grace period; return each container's exit code."""
         self.compose("stop", "-t", str(timeout_s), timeout_s=timeout_s * 6 + 30)
@@ -113,7 +117,21 @@ class ComposeFleet:
         if self.extras:
             run(["docker", "rm", "-f", *self.extras], 60)
             self.extras.clear()
-        self.compose("down", "-v", "--remove-orphans", "-t", "10", timeout_s=120)
+        # --profile '*' is not understood by v1; naming the profile takes its services down too.
+        run(
+            [
+                *self._compose,
+                "--profile",
+                "monitoring",
+                "down",
+                "-v",
+                "--remove-orphans",
+                "-t",
+                "10",
+            ],
+            120,
+            self.env,
+        )
 
     def logs(self, tail: int = 40) -> str:
         """The last lines of every container's log."""
