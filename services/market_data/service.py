@@ -93,15 +93,18 @@ class MarketDataService:
         """Publish every recorded trade and quote, paced by receive time divided by speed."""
         self.publish_status("live")
         pacer = Pacer(self.cfg.speed)
+        slept = False
         for count, (recv_ns, raw) in enumerate(merged(paths, self.lines)):
-            if count % CONTROL_CHECK_EVERY == 0:
+            # Housekeeping every N messages, and whenever pacing left idle time (a quiet feed
+            # must still show the health check a turning loop).
+            if slept or count % CONTROL_CHECK_EVERY == 0:
                 self.control.drain()
                 self.rt.maintain()
                 self.rt.save_stats(self.stats())
                 if self.rt.stop_requested:
                     log.info("stop requested during replay")
                     return
-            pacer.wait_until(recv_ns)
+            slept = pacer.wait_until(recv_ns)
             self.publish_line(recv_ns, raw)
 
     def publish_line(self, recv_ns: int, raw: bytes) -> None:
@@ -169,15 +172,17 @@ class Pacer:
         self.first_recv_ns: int | None = None
         self.start_mono_ns = 0
 
-    def wait_until(self, recv_ns: int) -> None:
-        """Block until this recorded instant is due."""
+    def wait_until(self, recv_ns: int) -> bool:
+        """Block until this recorded instant is due; True if that meant sleeping."""
         if self.speed <= 0:
-            return
+            return False
         if self.first_recv_ns is None:
             self.first_recv_ns = recv_ns
             self.start_mono_ns = time.monotonic_ns()
-            return
+            return False
         due = self.start_mono_ns + (recv_ns - self.first_recv_ns) / self.speed
         delay_ns = due - time.monotonic_ns()
         if delay_ns > 200_000:  # below ~0.2 ms sleeping costs more than it saves
             time.sleep(delay_ns / 1e9)
+            return True
+        return False
