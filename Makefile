@@ -11,7 +11,7 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 COMPOSE_FILE := deploy/docker-compose.yml
 
 .PHONY: help venv run test test-unit test-integration test-system lint format proto system-deps \
-	images compose-up compose-down clean
+	images compose-up compose-down bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ compose-up: images ## run the fleet in containers on the bundled data (REPLAY_SP
 
 compose-down: ## stop the compose fleet (SIGTERM, drained exit) and remove its containers
 	$(COMPOSE) -f $(COMPOSE_FILE) down
+
+bench: $(BIN)/.installed ## measure latency, throughput, halt propagation against the raw-ZeroMQ floor
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(BIN)/.installed ## ruff (format check + lint) and mypy
 	$(BIN)/ruff format --check .

@@ -74,6 +74,7 @@ class Fleet:
     overrides: dict[str, str] = field(default_factory=dict)
     port_offset: int = 0
     procs: dict[str, Proc] = field(default_factory=dict)
+    replicas: list[Proc] = field(default_factory=list)  # extra instances (signal scales)
     generation: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -111,6 +112,19 @@ class Fleet:
             env[f"FLOTILLA__{section}__METRICS_PORT"] = str(port + self.port_offset if port else 0)
         return env
 
+    def start_replica(self, service: str) -> Proc:
+        """Launch one more instance of a service that scales (signal) beside the first."""
+        first = self.procs.get(service)
+        proc = self.start(service)
+        if first is not None:
+            self.procs[service] = first
+            self.replicas.append(proc)
+        return proc
+
+    def all_procs(self) -> list[Proc]:
+        """Every instance this fleet started that it still tracks."""
+        return [*self.procs.values(), *self.replicas]
+
     def start(self, service: str) -> Proc:
         """Launch one service; its output goes to logs/<instance>.log."""
         gen = self.generation.get(service, 0) + 1
@@ -140,6 +154,11 @@ class Fleet:
         if proc is None:
             return None
         proc.terminate()
+        return self._wait(proc, timeout_s)
+
+    @staticmethod
+    def _wait(proc: Proc, timeout_s: float) -> int:
+        """Wait for an instance to exit; SIGKILL it after timeout_s."""
         try:
             code = proc.popen.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -159,8 +178,12 @@ class Fleet:
         for service in STOP_ORDER:
             if service in self.procs:
                 self.procs[service].terminate()
+        for replica in self.replicas:
+            replica.terminate()
         deadline = time.monotonic() + timeout_s
-        codes = {}
+        codes: dict[str, int | None] = {}
+        for replica in self.replicas:
+            codes[replica.instance] = self._wait(replica, max(0.1, deadline - time.monotonic()))
         for service in STOP_ORDER:
             if service in self.procs:
                 codes[service] = self.stop(service, max(0.1, deadline - time.monotonic()))
@@ -168,11 +191,11 @@ class Fleet:
 
     def dead(self) -> list[Proc]:
         """Services that exited on their own."""
-        return [p for p in self.procs.values() if p.popen.poll() is not None]
+        return [p for p in self.all_procs() if p.popen.poll() is not None]
 
     def all_drained(self) -> bool:
         """Every current instance has reported that it finished its input."""
-        return all(self.store.get(f"drained:{p.service}:{p.instance}") for p in self.procs.values())
+        return all(self.store.get(f"drained:{p.service}:{p.instance}") for p in self.all_procs())
 
     def stats(self) -> dict[str, list[dict[str, Any]]]:
         """Every instance's latest counters from the store, grouped by service."""

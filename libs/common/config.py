@@ -65,6 +65,10 @@ class MarketDataConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields
     )
     consumer_wait_timeout_ms: int = 30_000
     status_interval_ms: int = 20
+    rate_per_s: float = 0.0  # > 0: publish at this fixed tick rate instead of by `speed`
+    repeat: int = 1  # replay the feed this many times (benchmarks need more ticks than it has)
+    preload: bool = False  # parse the whole feed before starting, so parsing never paces it
+    limit_ticks: int = 0  # > 0: stop after publishing this many ticks (benchmarks)
 
 
 class OfiParams(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -78,13 +82,22 @@ class OfiParams(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     order_qty: dict[str, Decimal] = {}
 
 
+class PulseParams(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The load-generating strategy `make bench` uses: a market order every N ticks,
+    alternating sides. It has no edge and exists only to drive the order path."""
+
+    every_ticks: int = 10
+    order_qty: dict[str, Decimal] = {}
+
+
 class SignalConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The signal service: which strategy, over which symbols."""
 
     metrics_port: int = 9102
-    strategy: str = "ofi"
+    strategy: Literal["ofi", "pulse"] = "ofi"
     symbols: list[str] = []
     ofi: OfiParams = OfiParams()
+    pulse: PulseParams = PulseParams()
 
 
 class RiskLimits(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -176,6 +189,9 @@ def check_consistency(cfg: FleetConfig) -> None:
         for sym in getattr(cfg, section).symbols:
             if sym not in cfg.instruments:
                 raise ConfigError(f"[{section}] symbol {sym!r} is not in [instruments]")
+    md = cfg.market_data
+    if md.rate_per_s < 0 or md.repeat < 1 or md.limit_ticks < 0:
+        raise ConfigError("[market_data] rate_per_s and limit_ticks must be >= 0, repeat >= 1")
     if cfg.market_data.speed < 0:
         raise ConfigError("[market_data] speed must be >= 0 (0 means as fast as possible)")
     for field in ("membership_ttl_ms", "membership_interval_ms", "lease_ttl_ms", "ready_ttl_ms"):
@@ -200,11 +216,14 @@ def check_consistency(cfg: FleetConfig) -> None:
             _require_positive(f"risk.limits.{field}.{sym}", value)
     _require_positive("risk.limits.max_order_notional", limits.max_order_notional)
     _require_positive("risk.limits.collar_bps", limits.collar_bps)
-    for sym, value in cfg.signal.ofi.order_qty.items():
-        _require_positive(f"signal.ofi.order_qty.{sym}", value)
+    params = cfg.signal.ofi if cfg.signal.strategy == "ofi" else cfg.signal.pulse
+    for sym, value in params.order_qty.items():
+        _require_positive(f"signal.{cfg.signal.strategy}.order_qty.{sym}", value)
     for sym in cfg.signal.symbols:
-        if sym not in cfg.signal.ofi.order_qty:
-            raise ConfigError(f"[signal.ofi] order_qty has no size for {sym!r}")
+        if sym not in params.order_qty:
+            raise ConfigError(f"[signal.{cfg.signal.strategy}] order_qty has no size for {sym!r}")
+    if cfg.signal.pulse.every_ticks < 1:
+        raise ConfigError("[signal.pulse] every_ticks must be >= 1")
     for field in ("taker_fee_bps", "maker_fee_bps"):
         fee = getattr(cfg.execution, field)
         if not fee.is_finite() or fee < 0:
@@ -221,8 +240,10 @@ def apply_env_overrides(raw: dict[str, Any], env: Any) -> None:
     """Set raw[a][b]... from every FLOTILLA__A__B=value variable.
 
     A key keeps its case when the file already has it that way (symbol tables such as
-    max_position.BTCUSDT); otherwise it is lowercased like every field name.
+    max_position.BTCUSDT) or when it names an instrument; otherwise it is lowercased like
+    every field name.
     """
+    instruments = set(raw.get("instruments", {}))
     for name, value in sorted(env.items()):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -231,7 +252,7 @@ def apply_env_overrides(raw: dict[str, Any], env: Any) -> None:
         for i, part in enumerate(path):
             if not isinstance(node, dict):
                 raise ConfigError(f"{name}: {'.'.join(path[:i]).lower()} is not a table")
-            key = part if part in node else part.lower()
+            key = part if part in node or part in instruments else part.lower()
             if i == len(path) - 1:
                 node[key] = _env_value(value)
             else:

@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,6 +75,7 @@ class Runtime:
         self.force_stop = False
         self._last_stats_ns = 0
         self._last_beat_ns = 0
+        self._drained_written = False
         self._ready_written: tuple[bytes, int] = (b"", 0)
         self._owned: list[Any] = []
         self.lease: Lease | None = None
@@ -187,10 +189,16 @@ class Runtime:
         self._last_beat_ns = self.clock.monotonic_ns() if now_ns is None else now_ns
         LOOP_HEARTBEAT.set_to_current_time()
 
-    def save_stats(self, stats: dict[str, Any], drained: bool = False, force: bool = False) -> None:
-        """Write this instance's counters to the store (at most every 500 ms unless forced)."""
+    def save_stats(
+        self, stats: Callable[[], dict[str, Any]], drained: bool = False, force: bool = False
+    ) -> None:
+        """Write this instance's counters to the store (at most every 500 ms unless forced).
+
+        `stats` is called only when a write is due: building it can cost more than a message.
+        """
         now = self.clock.monotonic_ns()
-        if not force and not drained and now - self._last_stats_ns < STATS_INTERVAL_NS:
+        recent = now - self._last_stats_ns < STATS_INTERVAL_NS
+        if not force and recent and (not drained or self._drained_written):
             return
         self._last_stats_ns = now
         doc = {
@@ -198,10 +206,11 @@ class Runtime:
             "instance": self.instance,
             "updated_ns": self.clock.time_ns(),
         }
-        doc.update(stats)
+        doc.update(stats())
         self.store.set(f"stats:{self.service}:{self.instance}", json.dumps(doc).encode())
         if drained:
             self.store.set(f"drained:{self.service}:{self.instance}", b"1")
+            self._drained_written = True
 
     def close(self) -> None:
         """Close every owned socket (newest first), release the lease, close the store."""

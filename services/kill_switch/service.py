@@ -18,6 +18,7 @@ from libs.common.runtime import Runtime
 from .latch import CommandRefused, Latch
 
 log = logging.getLogger(__name__)
+ACK_TIMING_KEPT = 1000  # transitions whose ack latencies are kept for `make bench`
 
 STATE_SEQ = Gauge("flotilla_killswitch_state_seq", "Sequence number of the current trading state")
 HALTED = Gauge("flotilla_killswitch_halted", "1 when the latched state is not ACTIVE")
@@ -33,6 +34,8 @@ class KillSwitchService:
         self.rt = rt
         self.cfg = rt.cfg.kill_switch
         self.acks: dict[str, int] = {}
+        self.recorded_mono_ns: dict[int, int] = {}
+        self.ack_latency_ns: dict[int, dict[str, int]] = {}
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ControlMessage)
 
@@ -68,7 +71,7 @@ class KillSwitchService:
                 self.rt.maintain()  # renew the lease before speaking for the fleet
                 self.publish(self.latch.heartbeat())
                 next_beat += interval_ns
-                self.rt.save_stats(self.stats(), drained=True)
+                self.rt.save_stats(self.stats, drained=True)
         return 0
 
     def publish(self, state: TradingState) -> None:
@@ -97,8 +100,17 @@ class KillSwitchService:
         except CommandRefused as exc:
             return self.reply(False, str(exc))
         if state.seq != before:
+            self.remember_recorded(state.seq)
             self.publish(state)
         return self.reply(True)
+
+    def remember_recorded(self, seq: int) -> None:
+        """When a transition was recorded (stored and audited), to time the fleet's acks."""
+        self.recorded_mono_ns[seq] = self.rt.clock.monotonic_ns()
+        self.ack_latency_ns[seq] = {}
+        for old in [s for s in self.recorded_mono_ns if s <= seq - ACK_TIMING_KEPT]:
+            del self.recorded_mono_ns[old]
+            self.ack_latency_ns.pop(old, None)
 
     def reply(self, ok: bool, error: str = "") -> CommandReply:
         """The current state and who has acknowledged what."""
@@ -132,13 +144,23 @@ class KillSwitchService:
             return
         if isinstance(ack, StateAck):
             self.acks[ack.instance] = ack.seq
+            recorded = self.recorded_mono_ns.get(ack.seq)
+            if recorded is not None:
+                latency = self.rt.clock.monotonic_ns() - recorded
+                self.ack_latency_ns[ack.seq].setdefault(ack.instance, latency)
             ACKED_SEQ.labels(ack.service).set(ack.seq)
 
     def stats(self) -> dict[str, Any]:
         """State and acks for summary.json."""
         s = self.latch.state
-        return {"state": s.state, "state_seq": s.seq, "acks": dict(self.acks)}
+        return {
+            "state": s.state,
+            "state_seq": s.seq,
+            "acks": dict(self.acks),
+            # seq -> instance -> ns from recording the transition to receiving the ack
+            "ack_latency_ns": {str(seq): acks for seq, acks in self.ack_latency_ns.items()},
+        }
 
     def close(self) -> None:
         """Final counters."""
-        self.rt.save_stats(self.stats(), drained=True, force=True)
+        self.rt.save_stats(self.stats, drained=True, force=True)

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ class MarketDataService:
         self.parse_errors = 0
         self.unknown_symbol_drops = 0
         self.skipped = 0
+        self.ticks_left = -1
+        self.first_publish_mono_ns = 0  # for `make bench`'s throughput figure
+        self.last_publish_mono_ns = 0
 
     def start(self) -> None:
         """Bind the PUB socket and connect the control link."""
@@ -46,12 +50,13 @@ class MarketDataService:
             return 3
         self.replay([resolve_feed_path(p) for p in self.cfg.feed])
         self.publish_status("end")
-        self.rt.save_stats(self.stats(), drained=True)
+        self.rt.save_stats(self.stats, drained=True)
         log.info("replay finished: %s", dict(self.published))
         while not self.rt.stop_requested:
             self.rt.maintain()
-            self.control.drain()
-            time.sleep(0.05)
+            # Wait on the control socket, not a sleep: a halt is acknowledged at once.
+            if self.control.socket.poll(50):
+                self.control.drain()
         return 0
 
     def wait_for_consumers(self) -> bool:
@@ -90,41 +95,72 @@ class MarketDataService:
         return not views or views == {expected}
 
     def replay(self, paths: list[Path]) -> None:
-        """Publish every recorded trade and quote, paced by receive time divided by speed."""
+        """Publish every recorded trade and quote (`repeat` times), paced by `rate_per_s` or
+        by recorded time divided by `speed`."""
+        preloaded = list(self.parsed(paths)) if self.cfg.preload else None
         self.publish_status("live")
-        pacer = Pacer(self.cfg.speed)
+        self.first_publish_mono_ns = time.monotonic_ns()
+        rate_pacer = RatePacer(self.cfg.rate_per_s) if self.cfg.rate_per_s > 0 else None
+        self.ticks_left = self.cfg.limit_ticks or -1  # -1: no limit
+        for _ in range(self.cfg.repeat):
+            pacer = rate_pacer or Pacer(self.cfg.speed)  # recorded time restarts each pass
+            messages = preloaded if preloaded is not None else self.parsed(paths)
+            if not self.publish_all(messages, pacer):
+                log.info("stop requested during replay")
+                return
+        self.last_publish_mono_ns = time.monotonic_ns()
+
+    def publish_all(self, messages: Iterable[tuple[int, Trade | Quote]], pacer: Any) -> bool:
+        """Publish one pass; False if a stop was requested part way."""
         slept = False
-        for count, (recv_ns, raw) in enumerate(merged(paths, self.lines)):
+        for count, (recv_ns, msg) in enumerate(messages):
             # Housekeeping every N messages, and whenever pacing left idle time (a quiet feed
             # must still show the health check a turning loop).
             if slept or count % CONTROL_CHECK_EVERY == 0:
                 self.control.drain()
                 self.rt.maintain()
-                self.rt.save_stats(self.stats())
+                self.rt.save_stats(self.stats)
                 if self.rt.stop_requested:
-                    log.info("stop requested during replay")
-                    return
+                    return False
+            if self.ticks_left == 0:
+                return True
             slept = pacer.wait_until(recv_ns)
-            self.publish_line(recv_ns, raw)
+            self.pub.publish(topic_for(msg), msg)
+            self.published[msg.symbol] += 1
+            self.ticks_left -= 1
+        return True
 
-    def publish_line(self, recv_ns: int, raw: bytes) -> None:
-        """Parse one recorded line and publish it; bad or unknown input is counted and dropped."""
+    def parsed(self, paths: list[Path]) -> Iterator[tuple[int, Trade | Quote]]:
+        """The feed's publishable messages in receive order; bad input is counted and dropped."""
+        for recv_ns, raw in merged(paths, self.lines):
+            msg = self.parse_line(recv_ns, raw)
+            if msg is not None:
+                yield recv_ns, msg
+
+    def parse_line(self, recv_ns: int, raw: bytes) -> Trade | Quote | None:
+        """One recorded line as a message of a known symbol, or None (counted)."""
         try:
             msg = parse_stream_message(raw, recv_ns, self.rt.clock.time_ns())
         except ParseError as exc:
             self.parse_errors += 1
             log.warning("unparseable feed message dropped: %s", exc)
-            return
+            return None
         if msg is None:
             self.skipped += 1
-            return
+            return None
         if msg.symbol not in self.symbols:
             self.unknown_symbol_drops += 1
             if self.unknown_symbol_drops <= 10:
                 log.warning("message for unknown symbol %r dropped", msg.symbol)
-            return
-        self.pub.publish(topic_for(msg), msg)
-        self.published[msg.symbol] += 1
+            return None
+        return msg
+
+    def publish_line(self, recv_ns: int, raw: bytes) -> None:
+        """Parse one recorded line and publish it; bad or unknown input is counted and dropped."""
+        msg = self.parse_line(recv_ns, raw)
+        if msg is not None:
+            self.pub.publish(topic_for(msg), msg)
+            self.published[msg.symbol] += 1
 
     def publish_status(self, state: Any) -> None:
         """Announce the feed state (consumers use `end` to drain)."""
@@ -143,6 +179,8 @@ class MarketDataService:
             "parse_errors": self.parse_errors,
             "unknown_symbol_drops": self.unknown_symbol_drops,
             "skipped_messages": self.skipped,
+            "first_publish_mono_ns": self.first_publish_mono_ns,
+            "last_publish_mono_ns": self.last_publish_mono_ns,
         }
 
     def close(self) -> None:
@@ -162,6 +200,28 @@ def resolve_feed_path(path: str) -> Path:
     if candidate.is_absolute() or candidate.exists():
         return candidate
     return DEFAULT_CONFIG.parents[1] / candidate
+
+
+class RatePacer:
+    """Paces publishing at a fixed number of messages per second, whatever the recording's
+    timing (benchmarks). Like Pacer it never sleeps less than ~0.2 ms: it runs slightly ahead
+    and then sleeps, so the average rate is exact and short bursts are possible."""
+
+    def __init__(self, rate_per_s: float) -> None:
+        self.interval_ns = 1e9 / rate_per_s
+        self.next_ns = 0.0
+
+    def wait_until(self, _recv_ns: int) -> bool:
+        """Block until this message's slot; True if that meant sleeping."""
+        now = time.monotonic_ns()
+        if self.next_ns == 0:
+            self.next_ns = now
+        delay_ns = self.next_ns - now
+        self.next_ns += self.interval_ns  # a late message does not shift the schedule
+        if delay_ns > 200_000:
+            time.sleep(delay_ns / 1e9)
+            return True
+        return False
 
 
 class Pacer:

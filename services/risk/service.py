@@ -35,6 +35,7 @@ from .checks import REASONS, RateLimiter, check_signal
 
 log = logging.getLogger(__name__)
 POLL_MS = 50
+BOOK_SAVE_INTERVAL_NS = 100_000_000
 
 REJECTIONS = PromCounter(
     "flotilla_risk_rejections", "Signals refused by risk, by reason", ["reason"]
@@ -61,6 +62,8 @@ class RiskService:
         self.signal_ends: dict[str, int] = {}
         self.sent_end = False
         self.exec_last_fill_seq: int | None = None
+        self.book_dirty = False
+        self.book_saved_ns = 0
 
     def start(self) -> None:
         """Bind the signal inlet and decision PUB; connect md, execution and control."""
@@ -103,7 +106,8 @@ class RiskService:
                 for env in self.signals.recv_batch(limit=100):
                     self.on_signal_message(env)
             self.maybe_end()
-            self.rt.save_stats(self.stats(), drained=self.drained())
+            self.flush_book()
+            self.rt.save_stats(self.stats, drained=self.drained())
         return 0
 
     # --- inputs -------------------------------------------------------------------------
@@ -127,7 +131,7 @@ class RiskService:
                     self.needs_recovery = True  # missed fills: fetch them before trusting the book
                     return
                 if self.book.apply_fill(fill):
-                    self.book.save(self.rt.store)
+                    self.book_changed()
             case OrderUpdate() as upd:
                 self.book.apply_update(upd)
             case StreamEnd() as end:
@@ -193,7 +197,7 @@ class RiskService:
             self.book.order_timeouts += 1
             log.error("order %s outcome unknown: %s", order.client_order_id, exc)
             self.publish_decision(sig, True, "sent_outcome_unknown", order.client_order_id)
-            self.book.save(self.rt.store)
+            self.book_changed()
             return
         self.on_order_reply(sig, order, reply)
 
@@ -206,14 +210,32 @@ class RiskService:
             why = reply.reason if isinstance(reply, OrderReply) else "bad_reply"
             log.warning("execution rejected %s: %s", order.client_order_id, why)
             self.publish_decision(sig, False, f"execution:{why}", order.client_order_id)
-        self.book.save(self.rt.store)
+        self.book_changed()
 
     def refuse(self, sig: Signal, reason: str) -> None:
         """Count and publish a refusal."""
         self.book.rejections[reason] += 1
         REJECTIONS.labels(reason).inc()
         self.publish_decision(sig, False, reason, "")
-        self.book.save(self.rt.store)
+        self.book_changed()
+
+    def book_changed(self) -> None:
+        """Mark the book for saving; it is written at most every BOOK_SAVE_INTERVAL_NS.
+
+        Writing it on every fill put a store write on the order path. Losing the last interval
+        in a crash loses nothing that matters: fills and working orders are re-fetched from
+        execution on start (recover), and only counters could lag.
+        """
+        self.book_dirty = True
+        self.flush_book()
+
+    def flush_book(self, force: bool = False) -> None:
+        """Write the book if it changed and the interval has passed (or force)."""
+        now = self.rt.clock.monotonic_ns()
+        if self.book_dirty and (force or now - self.book_saved_ns >= BOOK_SAVE_INTERVAL_NS):
+            self.book.save(self.rt.store)
+            self.book_dirty = False
+            self.book_saved_ns = now
 
     def publish_decision(self, sig: Signal, accepted: bool, reason: str, coid: str) -> None:
         """Tell the world what risk decided about a signal."""
@@ -292,7 +314,7 @@ class RiskService:
     def close(self) -> None:
         """Persist the book and final counters."""
         self.book.save(self.rt.store)
-        self.rt.save_stats(self.stats(), drained=self.drained(), force=True)
+        self.rt.save_stats(self.stats, drained=self.drained(), force=True)
 
 
 def client_order_id(signal_id: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -23,7 +24,7 @@ from libs.common.cluster import Membership, assign
 from libs.common.messages import FeedStatus, MarketData, Quote, Signal, StreamEnd, Trade
 from libs.common.runtime import ControlLink, Runtime
 
-from .strategy import Decision, OfiStrategy
+from .strategy import Decision, OfiStrategy, PulseStrategy
 
 log = logging.getLogger(__name__)
 POLL_MS = 50
@@ -45,7 +46,7 @@ class SignalService:
         self.rt = rt
         self.cfg = rt.cfg.signal
         self.symbols = list(self.cfg.symbols or rt.cfg.instruments)
-        self.strategies: dict[str, OfiStrategy] = {}
+        self.strategies: dict[str, OfiStrategy | PulseStrategy] = {}
         cluster = rt.cfg.cluster
         self.membership = Membership(rt.store, "signal", rt.instance, cluster.membership_ttl_ms)
         self.membership_interval_ns = cluster.membership_interval_ms * 1_000_000
@@ -56,6 +57,9 @@ class SignalService:
         self.signals: Counter[str] = Counter()
         self.foreign_symbol_drops = 0
         self.ended = False
+        self.order_type = "market" if self.cfg.strategy == "pulse" else self.cfg.ofi.order_type
+        self.first_tick_mono_ns = 0  # receipt times, for `make bench`'s throughput figure
+        self.last_tick_mono_ns = 0
 
     def start(self) -> None:
         """Connect to market data, the control plane and risk's signal inlet."""
@@ -82,7 +86,7 @@ class SignalService:
             if self.md.sock in ready:
                 for env in self.md.recv_batch():
                     self.on_market_data(env)
-            self.rt.save_stats(self.stats(), drained=self.ended)
+            self.rt.save_stats(self.stats, drained=self.ended)
         return 0
 
     def refresh_membership(self) -> None:
@@ -105,7 +109,7 @@ class SignalService:
         for sym in gained:
             for topic in self.symbol_topics(sym):
                 self.md.subscribe(topic)
-            self.strategies[sym] = OfiStrategy(self.cfg.ofi, sym)
+            self.strategies[sym] = self.new_strategy(sym)
         for sym in lost:
             for topic in self.symbol_topics(sym):
                 self.md.unsubscribe(topic)
@@ -129,6 +133,12 @@ class SignalService:
             ttl_ms=self.rt.cfg.cluster.membership_ttl_ms,
         )
 
+    def new_strategy(self, symbol: str) -> OfiStrategy | PulseStrategy:
+        """A fresh strategy instance for one symbol, of the configured kind."""
+        if self.cfg.strategy == "pulse":
+            return PulseStrategy(self.cfg.pulse, symbol)
+        return OfiStrategy(self.cfg.ofi, symbol)
+
     def symbol_topics(self, symbol: str) -> list[bytes]:
         """The md topics one symbol arrives on."""
         venue = self.rt.cfg.instruments[symbol].venue
@@ -141,37 +151,42 @@ class SignalService:
         """Dispatch one market-data message."""
         match env.msg:
             case Trade() as t if t.symbol in self.strategies:
-                self.ticks_received[t.symbol] += 1
-                decision = self.strategies[t.symbol].on_trade(t)
-                if decision is not None:
-                    self.emit(t, decision, env.pub_mono_ns)
+                self.on_tick(t, self.strategies[t.symbol].on_trade(t), env.pub_mono_ns)
             case Quote() as q if q.symbol in self.strategies:
-                self.ticks_received[q.symbol] += 1
-                self.strategies[q.symbol].on_quote(q)
+                self.on_tick(q, self.strategies[q.symbol].on_quote(q), env.pub_mono_ns)
             case FeedStatus() as status:
                 self.on_feed_status(status)
             case _:
                 self.foreign_symbol_drops += 1  # not one of ours: counted, never a KeyError
 
-    def emit(self, trade: Trade, d: Decision, origin_mono_ns: int) -> None:
-        """Publish a signal; its id is derived from the triggering trade, so it is stable."""
+    def on_tick(self, tick: Trade | Quote, decision: Decision | None, origin_mono_ns: int) -> None:
+        """Count a tick of ours; publish the strategy's decision, if any."""
+        self.ticks_received[tick.symbol] += 1
+        if self.first_tick_mono_ns == 0:
+            self.first_tick_mono_ns = time.monotonic_ns()
+        self.last_tick_mono_ns = time.monotonic_ns()
+        if decision is not None:
+            self.emit(tick, decision, origin_mono_ns)
+
+    def emit(self, tick: Trade | Quote, d: Decision, origin_mono_ns: int) -> None:
+        """Publish a signal; its id is derived from the triggering tick, so it is stable."""
         sig = Signal(
-            ts_event=trade.ts_event,
+            ts_event=tick.ts_event,
             ts_init=self.rt.clock.time_ns(),
-            signal_id=f"{self.cfg.strategy}-{trade.symbol}-{trade.trade_id}",
+            signal_id=f"{self.cfg.strategy}-{tick.symbol}-{d.key}",
             strategy=self.cfg.strategy,
-            venue=trade.venue,
-            symbol=trade.symbol,
+            venue=tick.venue,
+            symbol=tick.symbol,
             side=d.side,
             qty=d.qty,
-            order_type=self.cfg.ofi.order_type,
+            order_type=self.order_type,
             limit_px=d.limit_px,
             ref_px=d.ref_px,
             score=d.score,
             origin_mono_ns=origin_mono_ns,
         )
-        self.pub.publish(topics.signal(self.cfg.strategy, trade.symbol), sig)
-        self.signals[trade.symbol] += 1
+        self.pub.publish(topics.signal(self.cfg.strategy, tick.symbol), sig)
+        self.signals[tick.symbol] += 1
 
     def on_feed_status(self, status: FeedStatus) -> None:
         """Tell market-data we hear it and which replicas we see. `end`: tell risk."""
@@ -202,9 +217,11 @@ class SignalService:
             "sequence_gaps": self.md.sequence_gaps,
             "decode_errors": self.md.decode_errors,
             "foreign_symbol_drops": self.foreign_symbol_drops,
+            "first_tick_mono_ns": self.first_tick_mono_ns,
+            "last_tick_mono_ns": self.last_tick_mono_ns,
         }
 
     def close(self) -> None:
         """Write final counters and leave the group so survivors take our symbols at once."""
-        self.rt.save_stats(self.stats(), drained=self.ended, force=True)
+        self.rt.save_stats(self.stats, drained=self.ended, force=True)
         self.membership.leave()

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from libs.common.config import OfiParams
+from libs.common.config import OfiParams, PulseParams
 from libs.common.messages import Quote, Side, Trade
 
 MS = 1_000_000
@@ -28,6 +28,7 @@ class Decision:
     ref_px: Decimal
     limit_px: Decimal | None
     score: float
+    key: str  # unique per decision of a symbol; the signal id is built from it
 
 
 class OfiStrategy:
@@ -43,16 +44,17 @@ class OfiStrategy:
         self.quote: Quote | None = None
         self.micro_edge_bps = 0.0
 
-    def on_quote(self, q: Quote) -> None:
-        """Keep the touch and the microprice's lean relative to the mid."""
+    def on_quote(self, q: Quote) -> Decision | None:
+        """Keep the touch and the microprice's lean relative to the mid (never decides)."""
         self.quote = q
         bid, ask = float(q.bid_px), float(q.ask_px)
         bq, aq = float(q.bid_qty), float(q.ask_qty)
         if bq + aq <= 0 or bid <= 0:
-            return
+            return None
         mid = (bid + ask) / 2
         micro = (bid * aq + ask * bq) / (bq + aq)
         self.micro_edge_bps = (micro - mid) / mid * 1e4
+        return None
 
     def on_trade(self, t: Trade) -> Decision | None:
         """Add the trade's signed size; return a decision when the regime flips."""
@@ -70,7 +72,7 @@ class OfiStrategy:
             return None
         self.regime = direction
         self.last_signal_ns = t.ts_event
-        return self._decide(direction, imbalance)
+        return self._decide(direction, imbalance, str(t.trade_id))
 
     def _direction(self, imbalance: float) -> int:
         """+1 / -1 when imbalance and microprice agree past their thresholds, else 0."""
@@ -81,10 +83,47 @@ class OfiStrategy:
             return -1
         return 0
 
-    def _decide(self, direction: int, imbalance: float) -> Decision:
+    def _decide(self, direction: int, imbalance: float, key: str) -> Decision:
         """Buy at the ask or sell at the bid (the price a marketable order expects)."""
         assert self.quote is not None
         side: Side = "buy" if direction > 0 else "sell"
         ref = self.quote.ask_px if side == "buy" else self.quote.bid_px
         limit = ref if self.p.order_type == "limit" else None
-        return Decision(side=side, qty=self.qty, ref_px=ref, limit_px=limit, score=imbalance)
+        return Decision(
+            side=side, qty=self.qty, ref_px=ref, limit_px=limit, score=imbalance, key=key
+        )
+
+
+class PulseStrategy:
+    """`make bench`'s load generator: a market order every `every_ticks` ticks (trades and
+    quotes), alternating buy and sell so the position stays within one order of flat."""
+
+    order_type = "market"
+
+    def __init__(self, params: PulseParams, symbol: str) -> None:
+        self.every = params.every_ticks
+        self.qty = params.order_qty[symbol]
+        self.ticks = 0
+        self.orders = 0
+        self.quote: Quote | None = None
+
+    def on_quote(self, q: Quote) -> Decision | None:
+        """Count the tick; keep the touch for the reference price."""
+        self.quote = q
+        return self._tick()
+
+    def on_trade(self, t: Trade) -> Decision | None:
+        """Count the tick."""
+        return self._tick()
+
+    def _tick(self) -> Decision | None:
+        """Every Nth tick with a known touch: the next order of the alternation."""
+        self.ticks += 1
+        if self.quote is None or self.ticks % self.every:
+            return None
+        self.orders += 1
+        side: Side = "buy" if self.orders % 2 else "sell"
+        ref = self.quote.ask_px if side == "buy" else self.quote.bid_px
+        return Decision(
+            side=side, qty=self.qty, ref_px=ref, limit_px=None, score=0.0, key=f"p{self.orders}"
+        )
