@@ -113,9 +113,13 @@ class Fleet:
         return env
 
     def start_replica(self, service: str) -> Proc:
-        """Launch one more instance of a service that scales (signal) beside the first."""
+        """Launch one more instance of a service that scales (signal) beside the first; on one
+        host replica k serves metrics on the service's port + 1000 * k."""
         first = self.procs.get(service)
-        proc = self.start(service)
+        section = METRICS_SECTIONS[service]
+        port = getattr(self.cfg, section.lower()).metrics_port + self.port_offset
+        extra = {f"FLOTILLA__{section}__METRICS_PORT": str(port + 1000 * (len(self.replicas) + 1))}
+        proc = self.start(service, extra)
         if first is not None:
             self.procs[service] = first
             self.replicas.append(proc)
@@ -125,7 +129,7 @@ class Fleet:
         """Every instance this fleet started that it still tracks."""
         return [*self.procs.values(), *self.replicas]
 
-    def start(self, service: str) -> Proc:
+    def start(self, service: str, extra_env: dict[str, str] | None = None) -> Proc:
         """Launch one service; its output goes to logs/<instance>.log."""
         gen = self.generation.get(service, 0) + 1
         self.generation[service] = gen
@@ -133,7 +137,7 @@ class Fleet:
         log_file = (self.run_dir / "logs" / f"{instance}.log").open("ab")
         popen = subprocess.Popen(
             [sys.executable, "-m", MODULES[service]],
-            env=self.env_for(service, instance),
+            env={**self.env_for(service, instance), **(extra_env or {})},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

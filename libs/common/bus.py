@@ -136,8 +136,49 @@ class Subscriber(Generic[T]):
                 batch.append(env)
         return batch
 
+    def recv_latest(self, limit: int = 1000) -> list[Envelope[T]]:
+        """Like recv_batch, but when several messages of one topic are waiting only the newest
+        is decoded (last-value semantics, for consumers that need just the current quote).
+        Every frame is still sequence-checked and counted; superseded ones are not decoded."""
+        latest: dict[bytes, bytes] = {}
+        for _ in range(limit):
+            try:
+                frame = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            end = frame.find(topics.TERMINATOR)
+            older = latest.pop(frame[:end], None) if end > 0 else None
+            if older is not None:
+                self.skip(older)
+            latest[frame[:end] if end > 0 else frame] = frame
+        return [env for frame in latest.values() if (env := self.decode(frame)) is not None]
+
+    def skip(self, frame: bytes) -> None:
+        """Account for a frame that a newer one on its topic made redundant: seq and count only."""
+        header = self._header(frame)
+        if header is not None:
+            topic, received, publisher, seq, _pub_ns, _start = header
+            self._check_seq(publisher, topic, seq)
+            received.inc()
+            BUS.messages_conflated.labels(topics.family_of(topic)).inc()
+
     def decode(self, frame: bytes) -> Envelope[T] | None:
         """Parse a raw frame; count and log anything malformed instead of raising."""
+        header = self._header(frame)
+        if header is None:
+            return None
+        topic, received, publisher, seq, pub_ns, start = header
+        try:
+            msg = self._decoder.decode(memoryview(frame)[start:])
+        except DECODE_ERRORS as exc:
+            self._drop(topic, str(exc), frame)
+            return None
+        self._check_seq(publisher, topic, seq)
+        received.inc()
+        return Envelope(topic, publisher, seq, pub_ns, msg)
+
+    def _header(self, frame: bytes) -> tuple[str, Any, int, int, int, int] | None:
+        """Topic, its received counter, publisher, seq, publish time and payload offset."""
         end = frame.find(topics.TERMINATOR)
         if end < 0 or len(frame) < end + 1 + HEADER.size:
             self._drop("?", "truncated frame", frame)
@@ -151,14 +192,7 @@ class Subscriber(Generic[T]):
                 self._topics[raw_topic] = known
         topic, received = known
         publisher, seq, pub_ns = HEADER.unpack_from(frame, end + 1)
-        try:
-            msg = self._decoder.decode(memoryview(frame)[end + 1 + HEADER.size :])
-        except DECODE_ERRORS as exc:
-            self._drop(topic, str(exc), frame)
-            return None
-        self._check_seq(publisher, topic, seq)
-        received.inc()
-        return Envelope(topic, publisher, seq, pub_ns, msg)
+        return topic, received, publisher, seq, pub_ns, end + 1 + HEADER.size
 
     def _check_seq(self, publisher: int, topic: str, seq: int) -> None:
         """Count messages missing between the last seq seen and this one."""

@@ -32,6 +32,11 @@ class _BusMetrics:
             "Frames dropped because they could not be decoded, by topic family",
             ["family"],
         )
+        self.messages_conflated = Counter(
+            "flotilla_bus_messages_conflated",
+            "Messages not decoded because a newer one on the same topic was already waiting",
+            ["family"],
+        )
         self.sequence_gaps = Counter(
             "flotilla_bus_sequence_gap_messages",
             "Messages missing according to per-topic sequence numbers, by topic family",

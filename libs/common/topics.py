@@ -7,9 +7,12 @@ matches a whole subtree: `md.quote.bin.` can never match `md.quote.binance2`.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 TERMINATOR = b"\x00"
 
 
+@lru_cache(maxsize=4096)  # called for every published tick; the set of topics is small
 def _join(*parts: str) -> str:
     """Join lowercased parts with dots."""
     return ".".join(p.lower() for p in parts)

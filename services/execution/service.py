@@ -110,7 +110,7 @@ class ExecutionService:
             if self.orders in ready:
                 self.serve_order_requests()
             if self.md.sock in ready:
-                for env in self.md.recv_batch():
+                for env in self.md_batch():
                     self.on_market_data(env.msg)
             if self.risk.sock in ready:
                 batch = self.risk.recv_batch()
@@ -118,6 +118,12 @@ class ExecutionService:
             self.maybe_end()
             self.rt.save_stats(self.stats, drained=self.sent_end)
         return 0
+
+    def md_batch(self) -> list[Any]:
+        """Waiting market data. With no working order only the newest quote per symbol can
+        matter (nothing rests on the book to fill, and the next order meets the latest touch),
+        so a backlog is conflated; with working orders every quote is matched."""
+        return self.md.recv_batch() if self.paper.open else self.md.recv_latest()
 
     def enforce_state(self) -> None:
         """A halt (or a silent kill switch) cancels every working order."""

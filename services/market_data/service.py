@@ -100,10 +100,11 @@ class MarketDataService:
         preloaded = list(self.parsed(paths)) if self.cfg.preload else None
         self.publish_status("live")
         self.first_publish_mono_ns = time.monotonic_ns()
-        rate_pacer = RatePacer(self.cfg.rate_per_s) if self.cfg.rate_per_s > 0 else None
+        control = (self.control.socket, self.control.drain)
+        rate_pacer = RatePacer(self.cfg.rate_per_s, control) if self.cfg.rate_per_s > 0 else None
         self.ticks_left = self.cfg.limit_ticks or -1  # -1: no limit
         for _ in range(self.cfg.repeat):
-            pacer = rate_pacer or Pacer(self.cfg.speed)  # recorded time restarts each pass
+            pacer = rate_pacer or Pacer(self.cfg.speed, control)  # recorded time restarts each pass
             messages = preloaded if preloaded is not None else self.parsed(paths)
             if not self.publish_all(messages, pacer):
                 log.info("stop requested during replay")
@@ -202,12 +203,36 @@ def resolve_feed_path(path: str) -> Path:
     return DEFAULT_CONFIG.parents[1] / candidate
 
 
-class RatePacer:
+class IdleWait:
+    """How a pacer waits: sleeping, or (in the service) polling the control socket so that a
+    trading-state change is applied and acknowledged during the wait, not after it."""
+
+    def __init__(self, on_control: tuple[Any, Any] | None = None) -> None:
+        self.on_control = on_control  # (zmq socket, drain callback)
+
+    def idle(self, delay_ns: float) -> None:
+        """Wait delay_ns; with a control socket, wake early to drain it, then keep waiting."""
+        if self.on_control is None:
+            time.sleep(delay_ns / 1e9)
+            return
+        sock, drain = self.on_control
+        deadline = time.monotonic_ns() + delay_ns
+        while (left := deadline - time.monotonic_ns()) >= 1_000_000:
+            if sock.poll(int(left // 1_000_000)):  # zmq poll has millisecond resolution
+                drain()
+        if sock.poll(0):
+            drain()
+        if (left := deadline - time.monotonic_ns()) > 0:
+            time.sleep(left / 1e9)  # the sub-millisecond rest
+
+
+class RatePacer(IdleWait):
     """Paces publishing at a fixed number of messages per second, whatever the recording's
     timing (benchmarks). Like Pacer it never sleeps less than ~0.2 ms: it runs slightly ahead
     and then sleeps, so the average rate is exact and short bursts are possible."""
 
-    def __init__(self, rate_per_s: float) -> None:
+    def __init__(self, rate_per_s: float, on_control: tuple[Any, Any] | None = None) -> None:
+        super().__init__(on_control)
         self.interval_ns = 1e9 / rate_per_s
         self.next_ns = 0.0
 
@@ -219,15 +244,16 @@ class RatePacer:
         delay_ns = self.next_ns - now
         self.next_ns += self.interval_ns  # a late message does not shift the schedule
         if delay_ns > 200_000:
-            time.sleep(delay_ns / 1e9)
+            self.idle(delay_ns)
             return True
         return False
 
 
-class Pacer:
+class Pacer(IdleWait):
     """Sleeps so that recorded time / speed matches elapsed wall time (speed 0: never sleeps)."""
 
-    def __init__(self, speed: float) -> None:
+    def __init__(self, speed: float, on_control: tuple[Any, Any] | None = None) -> None:
+        super().__init__(on_control)
         self.speed = speed
         self.first_recv_ns: int | None = None
         self.start_mono_ns = 0
@@ -243,6 +269,6 @@ class Pacer:
         due = self.start_mono_ns + (recv_ns - self.first_recv_ns) / self.speed
         delay_ns = due - time.monotonic_ns()
         if delay_ns > 200_000:  # below ~0.2 ms sleeping costs more than it saves
-            time.sleep(delay_ns / 1e9)
+            self.idle(delay_ns)
             return True
         return False

@@ -100,7 +100,8 @@ class RiskService:
                 for env in self.exec.recv_batch():
                     self.on_execution(env.msg)
             if self.md.sock in ready:
-                for env in self.md.recv_batch():
+                # Risk needs only the current quote per symbol: conflate a backlog.
+                for env in self.md.recv_latest():
                     self.on_market_data(env.msg)
             if self.signals.sock in ready:
                 for env in self.signals.recv_batch(limit=100):

@@ -1,0 +1,5 @@
+"""`python -m bench` (what `make bench` runs)."""
+
+from .harness import main
+
+raise SystemExit(main())
