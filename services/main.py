@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from typing import Protocol
@@ -48,6 +49,10 @@ def run_service(name: str, factory: ServiceFactory) -> int:
             return 0
         service.start()
         started = True
+        # Everything built so far lives as long as the process: keep it out of the collector's
+        # way, so collections during trading only look at what trading allocates.
+        gc.collect()
+        gc.freeze()
         code = service.run()
     except LeaseLost as exc:
         # Another instance may be the writer now: stop at once; a restart comes back as standby.
