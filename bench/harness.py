@@ -55,7 +55,7 @@ class LatencyCase:
     warmup_orders: int  # the first orders (about one second) are excluded from the figures
 
 
-LATENCY_CASES = [LatencyCase(1_000, 1, 12_000, 1_000), LatencyCase(10_000, 10, 110_000, 1_000)]
+LATENCY_CASES = [LatencyCase(1_000, 1, 12_000, 1_000), LatencyCase(10_000, 10, 120_000, 1_000)]
 
 
 # --- running the real fleet -------------------------------------------------------------------
