@@ -210,9 +210,9 @@ def check_nothing_lost(stats: dict[str, list[dict[str, Any]]], ticks: int) -> in
         problems.append(
             f"{signals} signals, risk saw {risk.get('signals_received')}, execution {ex['orders_received']}"
         )
-    if sum(ex["orders_rejected"].values()) or risk.get("rejections"):
+    if sum(ex["orders_rejected"].values()) or sum(risk["orders_rejected"].values()):
         problems.append(
-            f"rejections: risk {risk.get('rejections')}, execution {ex['orders_rejected']}"
+            f"rejections: risk {risk['orders_rejected']}, execution {ex['orders_rejected']}"
         )
     if problems:
         raise BenchError("messages lost or refused: " + "; ".join(problems))

@@ -279,3 +279,37 @@ def test_monitoring_profile_scrapes_every_service_and_agrees_with_the_fleet(comp
     wait_for(fills_in_prometheus, 30, f"Prometheus to see {execution['fills']} fills", 1)
     replicas = prometheus_query(fleet, "/api/v1/query?query=count(up{service=%22signal%22})")
     assert replicas["data"]["result"][0]["value"][1] == "2"
+
+
+def test_every_container_obeys_a_halt_from_the_host_while_trading(compose_fleet):
+    """Mid-replay, `flotilla halt` from the host: once acknowledged, risk refuses every signal
+    (trading_halted) and execution accepts no order; after `resume` orders flow again."""
+    fleet = compose_fleet(REPLAY_SPEED="5")
+    fleet.up()
+    wait_for(lambda: fleet.stats("execution")[0]["orders_received"] > 0, 90, "a first order")
+
+    halted = flotilla(fleet, "halt", "--reason", "system test", "--operator", "ci")
+    assert halted.returncode == 0, halted.stderr
+    seq = int(halted.stdout.split(" seq ")[1].split()[0])
+    wait_for(
+        lambda: acked_services(flotilla(fleet, "status").stdout, seq) == set(FOUR_SERVICES),
+        15,
+        "every container to acknowledge the halt",
+    )
+    time.sleep(1.0)  # an order already on the wire when risk applied the halt may still land
+    orders_at_halt = fleet.stats("execution")[0]["orders_received"]
+
+    def refused_while_halted() -> int:
+        (risk,) = fleet.stats("risk")
+        return int(risk["orders_rejected"].get("trading_halted", 0))
+
+    wait_for(refused_while_halted, 60, "risk to refuse a signal because trading is halted")
+    assert fleet.stats("execution")[0]["orders_received"] == orders_at_halt
+
+    resumed = flotilla(fleet, "resume", "--operator", "ci")
+    assert resumed.returncode == 0, resumed.stderr
+    wait_for(
+        lambda: fleet.stats("execution")[0]["orders_received"] > orders_at_halt,
+        60,
+        "orders to flow again after resume",
+    )

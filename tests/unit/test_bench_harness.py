@@ -20,7 +20,7 @@ def fleet_stats(**changes: Any) -> dict[str, list[dict[str, Any]]]:
             "signals": {"BTCUSDT": 60, "ETHUSDT": 40},
             "sequence_gaps": 0,
         },
-        "risk": {"signals_received": 100, "rejections": {}, "sequence_gaps": 0},
+        "risk": {"signals_received": 100, "orders_rejected": {}, "sequence_gaps": 0},
         "execution": {"orders_received": 100, "orders_rejected": {}, "sequence_gaps": 0},
     }
     for path, value in changes.items():
@@ -42,7 +42,7 @@ def test_a_clean_run_passes_and_counts_its_orders() -> None:
         {"signal__sequence_gaps": 3},
         {"risk__signals_received": 99},
         {"execution__orders_received": 98},
-        {"risk__rejections": {"max_position": 1}},
+        {"risk__orders_rejected": {"max_position": 1}},
         {"execution__orders_rejected": {"state_stale": 2}},
     ],
 )
@@ -65,3 +65,11 @@ def test_each_figure_is_the_median_of_the_runs_with_min_and_max() -> None:
     """Three runs summarise to median, min and max per key."""
     runs = [{"p50": 300.0}, {"p50": 100.0}, {"p50": 200.0}]
     assert summarise(runs) == {"p50": {"median": 200.0, "min": 100.0, "max": 300.0}}
+
+
+def test_the_counters_it_reads_are_the_ones_the_services_write() -> None:
+    """The keys check_nothing_lost reads exist in risk's real stats (a renamed key would make
+    the check silently pass)."""
+    from services.risk.book import RiskBook
+
+    assert "orders_rejected" in RiskBook(["BTCUSDT"]).summary()
