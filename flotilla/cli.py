@@ -1,4 +1,4 @@
-"""The `flotilla` command: up, service, halt, resume, status, report."""
+"""The `flotilla` command: up, service, halt, resume, status, metrics, report."""
 
 from __future__ import annotations
 
@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "resume":
             c.add_argument("--operator", required=True)
             c.add_argument("--reason", default="")
+    met = sub.add_parser("metrics", help="tail one service's metrics (rates for counters)")
+    met.add_argument("service", choices=sorted(MODULES))
+    met.add_argument("--follow", "-f", action="store_true", help="keep printing, like tail -f")
+    met.add_argument("--grep", help="only samples whose name{labels} match this regex")
+    met.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
+    met.add_argument("--count", type=int, default=0, help="stop after N frames (0: never)")
+    met.add_argument("--endpoint", help="metrics URL (default: from config, on 127.0.0.1)")
+    met.add_argument("--port-offset", type=int, default=0)
     rep = sub.add_parser("report", help="recompute positions and PnL from a run's journal")
     rep.add_argument("run_dir", type=Path)
     return p
@@ -75,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "up":
         return _up(cfg, args)
+    if args.command == "metrics":
+        return _metrics(cfg, args)
     from .control import run_control
 
     endpoint = args.endpoint or with_port_offset(cfg.bus, args.port_offset).ctl_cmd
@@ -94,6 +104,15 @@ def _up(cfg: FleetConfig, args: argparse.Namespace) -> int:
         print(f"flotilla up: {exc}", file=sys.stderr)
         return 2
     return run_up(cfg, args)
+
+
+def _metrics(cfg: FleetConfig, args: argparse.Namespace) -> int:
+    """Resolve the service's metrics URL from config (or --endpoint) and tail it."""
+    from .metrics_tail import run_metrics
+
+    section = getattr(cfg, args.service.replace("-", "_"))
+    url = args.endpoint or f"http://127.0.0.1:{section.metrics_port + args.port_offset}/metrics"
+    return run_metrics(args.service, url, args.follow, args.grep, args.interval, args.count)
 
 
 def run_one_service(name: str, config: str | None) -> int:
