@@ -50,6 +50,18 @@ def acked_services(status_output: str, seq: int) -> set[str]:
     return acked
 
 
+def halt_and_wait_for_every_ack(fleet: ComposeFleet) -> None:
+    """`flotilla halt` from the host, then wait until every service container acknowledged it."""
+    halted = flotilla(fleet, "halt", "--reason", "system test", "--operator", "ci")
+    assert halted.returncode == 0, halted.stderr
+    seq = int(halted.stdout.split(" seq ")[1].split()[0])
+    wait_for(
+        lambda: acked_services(flotilla(fleet, "status").stdout, seq) == set(FOUR_SERVICES),
+        15,
+        "every container to acknowledge the halt",
+    )
+
+
 def wait_until_drained(fleet: ComposeFleet, timeout_s: float) -> None:
     """Wait for the whole replay to go through to execution's end-of-stream."""
     wait_for(lambda: fleet.keys("drained:market-data:"), timeout_s, "market-data to finish")
@@ -69,14 +81,7 @@ def test_compose_fleet_trades_the_replay_obeys_a_host_halt_and_stops_cleanly(com
     assert execution["fills"] > 0
     assert execution["sequence_gaps"] == 0
 
-    halted = flotilla(fleet, "halt", "--reason", "system test", "--operator", "ci")
-    assert halted.returncode == 0, halted.stderr
-    seq = int(halted.stdout.split(" seq ")[1].split()[0])
-    wait_for(
-        lambda: acked_services(flotilla(fleet, "status").stdout, seq) == set(FOUR_SERVICES),
-        15,
-        "every container to acknowledge the halt",
-    )
+    halt_and_wait_for_every_ack(fleet)
 
     # compose sends SIGTERM and waits 10 s before SIGKILL (exit 137): 0 means a drained stop.
     codes = fleet.stop(timeout_s=10)
@@ -288,14 +293,7 @@ def test_every_container_obeys_a_halt_from_the_host_while_trading(compose_fleet)
     fleet.up()
     wait_for(lambda: fleet.stats("execution")[0]["orders_received"] > 0, 90, "a first order")
 
-    halted = flotilla(fleet, "halt", "--reason", "system test", "--operator", "ci")
-    assert halted.returncode == 0, halted.stderr
-    seq = int(halted.stdout.split(" seq ")[1].split()[0])
-    wait_for(
-        lambda: acked_services(flotilla(fleet, "status").stdout, seq) == set(FOUR_SERVICES),
-        15,
-        "every container to acknowledge the halt",
-    )
+    halt_and_wait_for_every_ack(fleet)
     time.sleep(1.0)  # an order already on the wire when risk applied the halt may still land
     orders_at_halt = fleet.stats("execution")[0]["orders_received"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +19,6 @@ from libs.common.cluster import Lease, LeaseLost, Membership, assign, rendezvous
 from libs.common.config import DEFAULT_CONFIG, FleetConfig, load_config
 from libs.common.runtime import Runtime
 from libs.common.store import EmbeddedStore, RedisStore, StateStore, StoreError
-from libs.common.testing.redis_server import MISSING_REDIS_MESSAGE, running_redis_server
 from services import main as main_module
 
 OpenStore = Callable[[], StateStore]
@@ -127,15 +125,6 @@ def test_many_symbols_spread_over_every_replica() -> None:
 
 
 # --- both store backends --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real redis-server for the module; tests isolate by namespace."""
-    if shutil.which("redis-server") is None:
-        pytest.fail(MISSING_REDIS_MESSAGE)  # fail, never skip: CI must keep Redis coverage
-    with running_redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @pytest.fixture(params=["embedded", "redis"])

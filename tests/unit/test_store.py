@@ -46,15 +46,6 @@ class Backend:
         return EmbeddedStore(self.target, ns)
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real redis-server for the whole module; tests isolate by namespace."""
-    if shutil.which("redis-server") is None:
-        pytest.fail(MISSING_REDIS_MESSAGE)  # fail, never skip: CI must keep Redis coverage
-    with running_redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
 @pytest.fixture(params=["embedded", "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """Each behaviour test runs once per backend, on an empty store."""
