@@ -10,6 +10,7 @@ import msgspec
 import numpy as np
 import zmq
 from prometheus_client import Counter as PromCounter
+from prometheus_client import Histogram
 
 from libs.common import topics
 from libs.common.bus import DECODE_ERRORS
@@ -42,6 +43,11 @@ ORDERS = PromCounter(
     "flotilla_execution_orders", "Orders received on the order socket, by outcome", ["outcome"]
 )
 FILLS = PromCounter("flotilla_execution_fills", "Fills from the paper exchange")
+TICK_TO_ORDER = Histogram(
+    "flotilla_execution_tick_to_order_seconds",
+    "From market-data's publish of the tick that caused an order to execution's receipt of it",
+    buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0),
+)
 
 
 class ExecutionService:
@@ -178,7 +184,9 @@ class ExecutionService:
                 req.client_order_id, False, existing.status, "duplicate_client_order_id"
             )
         if req.origin_mono_ns:
-            self.latencies_ns.append(self.rt.clock.monotonic_ns() - req.origin_mono_ns)
+            latency_ns = self.rt.clock.monotonic_ns() - req.origin_mono_ns
+            self.latencies_ns.append(latency_ns)
+            TICK_TO_ORDER.observe(latency_ns / 1e9)
         self.orders_received += 1
         reason = self.order_refusal(req)
         if reason:

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import zmq
+from prometheus_client import REGISTRY
 from prometheus_client import Counter as PromCounter
 
 from libs.common import topics
@@ -31,6 +32,7 @@ from libs.common.messages import (
 from libs.common.runtime import ControlLink, Runtime
 
 from .book import RiskBook
+from .book_metrics import BookCollector
 from .checks import REASONS, RateLimiter, check_signal
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,8 @@ class RiskService:
         self.poller = zmq.Poller()
         for sock in (self.control.socket, self.exec.sock, self.md.sock, self.signals.sock):
             self.poller.register(sock, zmq.POLLIN)
+        self.book_collector = BookCollector(self.book)
+        REGISTRY.register(self.book_collector)
         if self.book.load(self.rt.store):
             log.info("restored book: last fill seq %d", self.book.last_fill_seq)
         self.rt.serve_metrics(self.cfg.metrics_port)
@@ -313,7 +317,8 @@ class RiskService:
         return doc
 
     def close(self) -> None:
-        """Persist the book and final counters."""
+        """Persist the book and final counters; stop exporting the book."""
+        REGISTRY.unregister(self.book_collector)
         self.book.save(self.rt.store)
         self.rt.save_stats(self.stats, drained=self.drained(), force=True)
 
