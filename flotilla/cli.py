@@ -10,7 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-from libs.common.config import ConfigError, FleetConfig, load_config, with_port_offset
+from libs.common.config import (
+    ConfigError,
+    FleetConfig,
+    load_config,
+    service_config,
+    with_port_offset,
+)
 
 from .fleet import MODULES
 
@@ -110,8 +116,8 @@ def _metrics(cfg: FleetConfig, args: argparse.Namespace) -> int:
     """Resolve the service's metrics URL from config (or --endpoint) and tail it."""
     from .metrics_tail import run_metrics
 
-    section = getattr(cfg, args.service.replace("-", "_"))
-    url = args.endpoint or f"http://127.0.0.1:{section.metrics_port + args.port_offset}/metrics"
+    port = service_config(cfg, args.service).metrics_port + args.port_offset
+    url = args.endpoint or f"http://127.0.0.1:{port}/metrics"
     return run_metrics(args.service, url, args.follow, args.grep, args.interval, args.count)
 
 

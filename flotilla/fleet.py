@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from libs.common.config import FleetConfig, with_port_offset
+from libs.common.config import SERVICES, FleetConfig, with_port_offset
 from libs.common.store import StateStore, open_store
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,8 @@ MODULES = {
     "signal": "services.signal",
     "market-data": "services.market_data",
 }
-METRICS_SECTIONS = {
-    "market-data": "MARKET_DATA",
-    "signal": "SIGNAL",
-    "risk": "RISK",
-    "execution": "EXECUTION",
-    "kill-switch": "KILL_SWITCH",
-}
+# The env-override section of each service: FLOTILLA__<SECTION>__METRICS_PORT.
+METRICS_SECTIONS = {service: service.replace("-", "_").upper() for service in SERVICES}
 PR_SET_PDEATHSIG = 1
 
 

@@ -13,21 +13,19 @@ import argparse
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
+from libs.common.config import (
+    SERVICES,
+    SINGLE_WRITERS,
+    ConfigError,
+    load_config,
+    service_config,
+)
 
-from libs.common.config import ConfigError, load_config
+from .metrics_tail import Unreachable
+from .metrics_tail import scrape as scrape_url
 
-SECTIONS = {
-    "market-data": "market_data",
-    "signal": "signal",
-    "risk": "risk",
-    "execution": "execution",
-    "kill-switch": "kill_switch",
-}
-SINGLE_WRITERS = {"execution", "risk", "kill-switch"}
+SECTIONS = {service: service.replace("-", "_") for service in SERVICES}
 
 
 class Unhealthy(Exception):
@@ -38,16 +36,10 @@ def scrape(port: int, timeout_s: float) -> dict[str, float]:
     """Sample name -> value of every unlabelled sample on the local metrics endpoint."""
     url = f"http://127.0.0.1:{port}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            text = resp.read().decode()
-    except (urllib.error.URLError, OSError) as exc:
+        samples = scrape_url(url, timeout_s)
+    except Unreachable as exc:
         raise Unhealthy(f"metrics endpoint {url} unreachable: {exc}") from exc
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
+    return {name: sample.value for (name, labels), sample in samples.items() if not labels}
 
 
 def check(service: str, samples: dict[str, float], ready: bool, max_age_s: float) -> None:
@@ -79,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load_config()
-        port = getattr(cfg, SECTIONS[args.service]).metrics_port
+        port = service_config(cfg, args.service).metrics_port
         check(args.service, scrape(port, args.timeout), args.ready, args.max_age)
     except (ConfigError, Unhealthy) as exc:
         print(f"health: {exc}", file=sys.stderr)

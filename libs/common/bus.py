@@ -147,10 +147,11 @@ class Subscriber(Generic[T]):
             except zmq.Again:
                 break
             end = frame.find(topics.TERMINATOR)
-            older = latest.pop(frame[:end], None) if end > 0 else None
+            key = frame[:end] if end > 0 else frame  # malformed: its own key, decode() drops it
+            older = latest.pop(key, None)
             if older is not None:
                 self.skip(older)
-            latest[frame[:end] if end > 0 else frame] = frame
+            latest[key] = frame
         return [env for frame in latest.values() if (env := self.decode(frame)) is not None]
 
     def skip(self, frame: bytes) -> None:

@@ -17,6 +17,9 @@ from typing import Any, Literal
 import msgspec
 
 ENV_PREFIX = "FLOTILLA__"
+SERVICES = ("market-data", "signal", "risk", "execution", "kill-switch")
+# Services that must be the only active writer for an account (README "Scaling").
+SINGLE_WRITERS = frozenset({"execution", "risk", "kill-switch"})
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "flotilla.toml"
 
 
@@ -158,6 +161,11 @@ class FleetConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True
     execution: ExecutionConfig = ExecutionConfig()
     kill_switch: KillSwitchConfig = KillSwitchConfig()
     cluster: ClusterConfig = ClusterConfig()
+
+
+def service_config(cfg: FleetConfig, service: str) -> Any:
+    """A service's own section ("kill-switch" -> cfg.kill_switch)."""
+    return getattr(cfg, service.replace("-", "_"))
 
 
 def load_config(

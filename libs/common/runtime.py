@@ -24,7 +24,7 @@ from . import topics
 from .bus import Publisher, Subscriber, new_socket
 from .clock import Clock, LiveClock
 from .cluster import Lease
-from .config import FleetConfig, bind_url
+from .config import SINGLE_WRITERS, FleetConfig, bind_url, service_config
 from .messages import ControlMessage, StateAck, TradingState
 from .metrics import LEASE_HELD, LOOP_HEARTBEAT, config_hash, serve_metrics
 from .store import StateStore, open_store
@@ -36,8 +36,6 @@ STATS_INTERVAL_NS = 500_000_000
 BEAT_INTERVAL_NS = 1_000_000_000
 READY_REFRESH_NS = 1_000_000_000
 LEASE_POLL_S = 0.5
-# Services that must be the only active writer for an account (README "Scaling").
-SINGLE_WRITERS = frozenset({"execution", "risk", "kill-switch"})
 C = TypeVar("C")
 
 
@@ -152,7 +150,7 @@ class Runtime:
         if self.service not in SINGLE_WRITERS:
             return True
         # A standby serves metrics too: it is alive (health check) and visibly not the writer.
-        self.serve_metrics(getattr(self.cfg, self.service.replace("-", "_")).metrics_port)
+        self.serve_metrics(service_config(self.cfg, self.service).metrics_port)
         self.lease = Lease(self.store, self.service, self.instance, self.cfg.cluster.lease_ttl_ms)
         announced = False
         while not self.stop_requested:

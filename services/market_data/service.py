@@ -156,13 +156,6 @@ class MarketDataService:
             return None
         return msg
 
-    def publish_line(self, recv_ns: int, raw: bytes) -> None:
-        """Parse one recorded line and publish it; bad or unknown input is counted and dropped."""
-        msg = self.parse_line(recv_ns, raw)
-        if msg is not None:
-            self.pub.publish(topic_for(msg), msg)
-            self.published[msg.symbol] += 1
-
     def publish_status(self, state: Any) -> None:
         """Announce the feed state (consumers use `end` to drain)."""
         now = self.rt.clock.time_ns()

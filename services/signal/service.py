@@ -162,9 +162,9 @@ class SignalService:
     def on_tick(self, tick: Trade | Quote, decision: Decision | None, origin_mono_ns: int) -> None:
         """Count a tick of ours; publish the strategy's decision, if any."""
         self.ticks_received[tick.symbol] += 1
-        if self.first_tick_mono_ns == 0:
-            self.first_tick_mono_ns = time.monotonic_ns()
         self.last_tick_mono_ns = time.monotonic_ns()
+        if self.first_tick_mono_ns == 0:
+            self.first_tick_mono_ns = self.last_tick_mono_ns
         if decision is not None:
             self.emit(tick, decision, origin_mono_ns)
 
