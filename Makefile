@@ -29,7 +29,7 @@ run: $(BIN)/.installed ## run the five services on the bundled Binance data (SPE
 	$(BIN)/flotilla up --until-end --speed $(SPEED) --run-dir $(RUN_DIR)
 	$(BIN)/flotilla report $(RUN_DIR) > /dev/null && echo "journal recomputation matches $(RUN_DIR)/summary.json"
 
-system-deps: ## install Debian packages the tests need (redis-server)
+system-deps: ## install Debian packages the tests need (redis-server, promtool, chromium, docker-compose)
 	bash scripts/install-system-deps.sh
 
 images: $(BIN)/.installed ## build the five service images (offline: Debian base via debootstrap; see README)
@@ -38,7 +38,7 @@ images: $(BIN)/.installed ## build the five service images (offline: Debian base
 test: $(BIN)/.installed system-deps images ## the whole suite: unit, integration, system (non-zero on any failure)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-unit: $(BIN)/.installed ## unit tests only (fast)
+test-unit: $(BIN)/.installed system-deps ## unit tests only (fast)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: $(BIN)/.installed system-deps ## integration tests: real ZeroMQ on loopback

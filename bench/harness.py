@@ -67,6 +67,17 @@ def bench_overrides(**market_data: Any) -> dict[str, str]:
         "FLOTILLA__MARKET_DATA__PRELOAD": "true",
         "FLOTILLA__SIGNAL__STRATEGY": "pulse",
         "FLOTILLA__RISK__LIMITS__MAX_ORDERS_PER_WINDOW": "1000000000",
+        # The pulse strategy trades every few ticks and pays the spread each time: the panic
+        # rules stay on (their cost is part of the path) but must not stop the measurement.
+        "FLOTILLA__RISK__PANIC__MAX_FILLS_PER_WINDOW": "1000000000",
+        "FLOTILLA__RISK__PANIC__DAILY_LOSS_LIMIT": "1000000000",
+        "FLOTILLA__RISK__PANIC__DRAWDOWN_SOFT": "1000000000",
+        "FLOTILLA__RISK__PANIC__DRAWDOWN_HARD": "1000000000",
+        # The feed repeats the recording: at each wrap the price jumps back to its start, which
+        # a market order meets as slippage. A real jump, but an artefact of looping the data.
+        "FLOTILLA__RISK__PANIC__SLIPPAGE_RATIO": "1000000000",
+        "FLOTILLA__KILL_SWITCH__RESUME_COOLDOWN_MS": "0",  # the halt bench resumes at once
+        "FLOTILLA__DASHBOARD__ENABLED": "false",  # measure the fleet, not the read-only page
         "FLOTILLA_LOG_LEVEL": "WARNING",
     }
     for symbol, qty in ORDER_QTY.items():
@@ -467,6 +478,20 @@ def measure(runs: int, sections: set[str], halts: int) -> dict[str, Any]:
         figs["paper_match_us"] = summarise(
             [percentiles_us(micro.paper_match_latency(20_000)) for _ in range(runs)]
         )
+        # With and without metrics alternate, so load from other processes hits both alike.
+        on_off = [
+            (
+                percentiles_us(micro.bus_message_cost(50_000, True)),
+                percentiles_us(micro.bus_message_cost(50_000, False)),
+            )
+            for _ in range(runs)
+        ]
+        figs["bus_message_us"] = summarise([on for on, _ in on_off])
+        figs["bus_message_no_metrics_us"] = summarise([off for _, off in on_off])
+        # The median's difference only: a p99 difference is noise from other processes.
+        figs["bus_metrics_cost_us"] = summarise(
+            [{"p50": on["p50"] - off["p50"]} for on, off in on_off]
+        )
     if "replay" in sections:
         figs["replay_speed"] = summarise([replay_speed_run() for _ in range(runs)])
     return out
@@ -516,8 +541,11 @@ def table_rows(figs: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for name, label in (
         ("risk_check_us", "risk pre-trade check"),
         ("paper_match_us", "paper exchange match"),
+        ("bus_message_us", "bus publish+receive per message, metrics on"),
+        ("bus_message_no_metrics_us", "bus publish+receive per message, metrics off"),
+        ("bus_metrics_cost_us", "bus + sampled timer metrics cost per message"),
     ):
-        for q in ("p50", "p99") if name in figs else ():
+        for q in [q for q in ("p50", "p99") if q in figs.get(name, {})]:
             rows.append((f"{label} {q} (us)", format_range(figs[name][q], 2), "", ""))
     if rss := figs.get("peak_rss_mb"):
         rows.append(("peak RSS (MB)", ", ".join(f"{k} {v}" for k, v in rss.items()), "", ""))

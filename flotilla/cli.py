@@ -1,4 +1,5 @@
-"""The `flotilla` command: up, service, halt, resume, status, metrics, report."""
+"""The `flotilla` command: up, service, the kill-switch commands, audit, top, metrics, dashboard,
+report."""
 
 from __future__ import annotations
 
@@ -30,7 +31,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the whole fleet locally")
     up.add_argument(
-        "--feed", action="append", default=[], help="replay:PATH[,PATH...] (repeatable)"
+        "--feed",
+        action="append",
+        default=[],
+        help="replay:PATH[,PATH...] (repeatable), or binance / alpaca (live; see --venue-url)",
+    )
+    up.add_argument(
+        "--venue",
+        choices=("paper", "binance", "alpaca"),
+        default="",
+        help="where orders go (default: config, the paper exchange); binance: testnet unless --live",
+    )
+    up.add_argument(
+        "--live",
+        action="store_true",
+        help="allow a venue's production endpoint (real money); without it only test endpoints",
+    )
+    up.add_argument(
+        "--venue-url",
+        default="",
+        help="live feed: the venue's base URL, e.g. a local fake http://127.0.0.1:8090",
     )
     up.add_argument("--speed", default="max", help="N times recorded pace, or 'max' (default)")
     up.add_argument(
@@ -48,17 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--quiet", action="store_true", help="no live status line")
     svc = sub.add_parser("service", help="run one service in this process (what a container runs)")
     svc.add_argument("name", choices=sorted(MODULES))
-    for action in ("halt", "resume", "status"):
-        c = sub.add_parser(action, help=f"{action} trading (kill switch)")
-        c.add_argument("--endpoint", help="kill-switch command socket (default: from config)")
-        c.add_argument("--port-offset", type=int, default=0)
-        c.add_argument("--timeout-ms", type=int, default=3000)
-        if action == "halt":
-            c.add_argument("--reason", required=True)
-            c.add_argument("--operator", default="")
-        if action == "resume":
-            c.add_argument("--operator", required=True)
-            c.add_argument("--reason", default="")
+    _add_control_commands(sub)
+    _add_audit_command(sub)
+    top = sub.add_parser("top", help="live table of every service of a fleet (rich)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
+    top.add_argument("--count", type=int, default=0, help="stop after N frames (0: never)")
+    top.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        help="SERVICE=URL of a metrics endpoint (repeatable; default: every service from config)",
+    )
+    top.add_argument("--port-offset", type=int, default=0)
     met = sub.add_parser("metrics", help="tail one service's metrics (rates for counters)")
     met.add_argument("service", choices=sorted(MODULES))
     met.add_argument("--follow", "-f", action="store_true", help="keep printing, like tail -f")
@@ -67,9 +89,65 @@ def build_parser() -> argparse.ArgumentParser:
     met.add_argument("--count", type=int, default=0, help="stop after N frames (0: never)")
     met.add_argument("--endpoint", help="metrics URL (default: from config, on 127.0.0.1)")
     met.add_argument("--port-offset", type=int, default=0)
+    _add_dashboard_command(sub)
     rep = sub.add_parser("report", help="recompute positions and PnL from a run's journal")
     rep.add_argument("run_dir", type=Path)
     return p
+
+
+CONTROL_ACTIONS = {
+    "halt": "halt trading: cancel working orders (latched until resume)",
+    "pause": "pause: no new orders, working orders stay",
+    "reduce": "reduce-only: only orders that shrink a position",
+    "emergency": "halt and flatten every position with reduce-only orders",
+    "resume": "resume trading (needs --operator; refused in the cooldown or while a trigger holds)",
+    "status": "print the trading state and who has acknowledged it",
+}
+
+
+def _add_control_commands(sub: argparse._SubParsersAction) -> None:
+    """halt | pause | reduce | emergency | resume | status: one command to the kill switch."""
+    for action, text in CONTROL_ACTIONS.items():
+        c = sub.add_parser(action, help=text)
+        c.add_argument("--endpoint", help="kill-switch command socket (default: from config)")
+        c.add_argument("--port-offset", type=int, default=0)
+        c.add_argument("--timeout-ms", type=int, default=3000)
+        if action == "status":
+            continue
+        if action in ("halt", "resume"):
+            c.add_argument("--strategy", default="", help="only this strategy (default: fleet)")
+        c.add_argument("--reason", required=action != "resume", default="")
+        c.add_argument("--operator", required=action == "resume", default="")
+
+
+def _add_audit_command(sub: argparse._SubParsersAction) -> None:
+    """audit verify | show | export: the kill switch's hash-chained audit log."""
+    aud = sub.add_parser("audit", help="verify, show or export the kill switch's audit log")
+    aud.add_argument("audit_command", choices=("verify", "show", "export"))
+    aud.add_argument("--run-dir", type=Path, help="a local fleet's run dir (its state.sqlite)")
+    aud.add_argument("--redis-url", help="the fleet's Redis (default: $FLOTILLA_REDIS_URL)")
+    aud.add_argument("--namespace", help="store namespace (default: the run dir's, or flotilla)")
+    aud.add_argument("--file", type=Path, help="verify/show an exported JSON-lines file instead")
+    aud.add_argument("--out", type=Path, help="export: write JSON lines here (default: stdout)")
+
+
+def _add_dashboard_command(sub: argparse._SubParsersAction) -> None:
+    """dashboard: the fleet's read-only web page (`flotilla up` starts one by itself)."""
+    dash = sub.add_parser("dashboard", help="serve the read-only web page of a fleet")
+    dash.add_argument(
+        "--run-dir", type=Path, help="the fleet's run dir (default: $FLOTILLA_RUN_DIR)"
+    )
+    dash.add_argument("--namespace", help="store namespace (default: the run dir's, or from env)")
+    dash.add_argument("--host", help="address to serve on (default: [dashboard] host)")
+    dash.add_argument("--port", type=int, help="port (default: [dashboard] port + --port-offset)")
+    dash.add_argument("--port-offset", type=int, default=0, help="the fleet's --port-offset")
+    dash.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        help="SERVICE=URL of a metrics endpoint (repeatable; default: every service from config)",
+    )
+    dash.add_argument("--check", action="store_true", help="exit 0 if the page answers (health)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +169,18 @@ def main(argv: list[str] | None = None) -> int:
         return _up(cfg, args)
     if args.command == "metrics":
         return _metrics(cfg, args)
+    if args.command == "audit":
+        from .audit import run_audit
+
+        return run_audit(args)
+    if args.command == "top":
+        from .top import run_top
+
+        return run_top(cfg, args)
+    if args.command == "dashboard":
+        from .dashboard import run_dashboard
+
+        return run_dashboard(cfg, args)
     from .control import run_control
 
     endpoint = args.endpoint or with_port_offset(cfg.bus, args.port_offset).ctl_cmd
@@ -104,7 +194,13 @@ def _up(cfg: FleetConfig, args: argparse.Namespace) -> int:
     if not args.run_dir:
         args.run_dir = time.strftime("runs/%Y%m%dT%H%M%SZ", time.gmtime())
     try:
-        args.feed = [path for spec in args.feed for path in parse_feed(spec)]
+        live = [f for f in args.feed if f in ("binance", "alpaca")]
+        if live and len(args.feed) > 1:
+            raise ValueError("a live feed (binance, alpaca) cannot be combined with other feeds")
+        if args.venue_url and not (live or args.venue not in ("", "paper")):
+            raise ValueError("--venue-url needs a live --feed or --venue")
+        args.live_feed = live[0] if live else ""
+        args.feed = [] if live else [p for spec in args.feed for p in parse_feed(spec)]
         args.speed = parse_speed(args.speed)
     except ValueError as exc:
         print(f"flotilla up: {exc}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""`flotilla halt | resume | status`: talk to the kill switch and wait for its answer."""
+"""`flotilla halt | pause | reduce | emergency | resume | status`: talk to the kill switch and
+wait for its acknowledgement (exit non-zero without it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from libs.common.messages import Command, CommandReply, ControlMessage
 
 
 def send_command(
-    endpoint: str, action: Any, reason: str, operator: str, timeout_ms: int
+    endpoint: str, action: Any, reason: str, operator: str, timeout_ms: int, strategy: str = ""
 ) -> CommandReply:
     """One command, one acknowledged reply; raises RequestTimeout if the kill switch is silent."""
     ctx: zmq.Context[Any] = zmq.Context()
@@ -21,7 +22,13 @@ def send_command(
     try:
         now = time.time_ns()
         cmd = Command(
-            ts_event=now, ts_init=now, action=action, reason=reason, operator=operator, source="cli"
+            ts_event=now,
+            ts_init=now,
+            action=action,
+            reason=reason,
+            operator=operator,
+            source="cli",
+            strategy=strategy,
         )
         reply = client.request(cmd)
     finally:
@@ -41,6 +48,7 @@ def run_control(action: str, endpoint: str, args: Any) -> int:
             getattr(args, "reason", ""),
             getattr(args, "operator", ""),
             args.timeout_ms,
+            getattr(args, "strategy", ""),
         )
     except RequestTimeout as exc:
         print(
@@ -58,6 +66,10 @@ def run_control(action: str, endpoint: str, args: Any) -> int:
     print(
         f"state {s.state} seq {s.seq} source {s.source} operator {s.operator or '-'} reason {s.reason!r}"
     )
+    for strategy, why in sorted(s.halted_strategies.items()):
+        print(f"  strategy {strategy}: halted ({why})")
+    if s.hard_triggers:
+        print(f"  hard triggers active: {', '.join(s.hard_triggers)}")
     for instance, seq in sorted(reply.acks.items()):
         mark = "ok" if seq == s.seq else f"behind (seq {seq})"
         print(f"  {instance}: {mark}")

@@ -31,6 +31,8 @@ MODULES = {
     "signal": "services.signal",
     "market-data": "services.market_data",
 }
+# The read-only web page: started beside the services, but not one of them (nothing waits on it).
+DASHBOARD_MODULE = "flotilla.dashboard"
 # The env-override section of each service: FLOTILLA__<SECTION>__METRICS_PORT.
 METRICS_SECTIONS = {service: service.replace("-", "_").upper() for service in SERVICES}
 PR_SET_PDEATHSIG = 1
@@ -40,6 +42,13 @@ def _die_with_parent() -> None:
     """In the child: get SIGTERM if the fleet process dies, so no service is left behind."""
     with contextlib.suppress(OSError):  # not Linux: the fleet's stop path still ends children
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def page_url(host: str, port: int) -> str:
+    """The dashboard's URL for a person (a wildcard bind is reached on loopback)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
 @dataclass
@@ -71,6 +80,8 @@ class Fleet:
     procs: dict[str, Proc] = field(default_factory=dict)
     replicas: list[Proc] = field(default_factory=list)  # extra instances (signal scales)
     generation: dict[str, int] = field(default_factory=dict)
+    dashboard: Proc | None = None  # not in procs: drain, death and exit-code logic ignore it
+    dashboard_reported: bool = False
 
     def __post_init__(self) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -105,6 +116,7 @@ class Fleet:
         for section in METRICS_SECTIONS.values():
             port = getattr(self.cfg, section.lower()).metrics_port
             env[f"FLOTILLA__{section}__METRICS_PORT"] = str(port + self.port_offset if port else 0)
+        env["FLOTILLA__DASHBOARD__PORT"] = str(self.cfg.dashboard.port + self.port_offset)
         return env
 
     def start_replica(self, service: str) -> Proc:
@@ -128,19 +140,41 @@ class Fleet:
         """Launch one service; its output goes to logs/<instance>.log."""
         gen = self.generation.get(service, 0) + 1
         self.generation[service] = gen
-        instance = f"{service}-{gen}"
+        proc = self._spawn(service, f"{service}-{gen}", MODULES[service], extra_env)
+        self.procs[service] = proc
+        return proc
+
+    def _spawn(
+        self, name: str, instance: str, module: str, extra_env: dict[str, str] | None = None
+    ) -> Proc:
+        """One `python -m module` child, its output in logs/<instance>.log."""
         log_file = (self.run_dir / "logs" / f"{instance}.log").open("ab")
         popen = subprocess.Popen(
-            [sys.executable, "-m", MODULES[service]],
-            env={**self.env_for(service, instance), **(extra_env or {})},
+            [sys.executable, "-m", module],
+            env={**self.env_for(name, instance), **(extra_env or {})},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
         )
-        proc = Proc(service, instance, popen, log_file)
-        self.procs[service] = proc
-        return proc
+        return Proc(name, instance, popen, log_file)
+
+    def start_dashboard(self) -> str | None:
+        """Launch the read-only web page beside the fleet (if enabled); returns its URL."""
+        if not self.cfg.dashboard.enabled:
+            return None
+        self.dashboard = self._spawn("dashboard", "dashboard-1", DASHBOARD_MODULE)
+        return page_url(self.cfg.dashboard.host, self.cfg.dashboard.port + self.port_offset)
+
+    def dashboard_exit(self) -> str | None:
+        """Once, if the dashboard ended on its own (e.g. port busy): one line saying so."""
+        dash = self.dashboard
+        if dash is None or self.dashboard_reported or dash.popen.poll() is None:
+            return None
+        self.dashboard_reported = True
+        lines = (self.run_dir / "logs" / f"{dash.instance}.log").read_bytes().splitlines()
+        last = lines[-1].decode(errors="replace") if lines else ""
+        return f"dashboard exited ({dash.popen.returncode}), the fleet runs on without it: {last}"
 
     def start_all(self) -> None:
         """Launch every service in dependency order."""
@@ -179,6 +213,8 @@ class Fleet:
                 self.procs[service].terminate()
         for replica in self.replicas:
             replica.terminate()
+        if self.dashboard is not None:
+            self.dashboard.terminate()
         deadline = time.monotonic() + timeout_s
         codes: dict[str, int | None] = {}
         for replica in self.replicas:
@@ -186,6 +222,8 @@ class Fleet:
         for service in STOP_ORDER:
             if service in self.procs:
                 codes[service] = self.stop(service, max(0.1, deadline - time.monotonic()))
+        if self.dashboard is not None and not self.dashboard.log_file.closed:
+            self._wait(self.dashboard, max(0.1, deadline - time.monotonic()))  # not a service code
         return codes
 
     def dead(self) -> list[Proc]:

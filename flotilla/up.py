@@ -24,10 +24,10 @@ class Interrupted(Exception):
 
 
 def parse_feed(spec: str) -> list[str]:
-    """`replay:a.gz,b.gz` -> absolute paths (only replay feeds exist so far)."""
+    """`replay:a.gz,b.gz` -> absolute paths (`binance` is handled by the caller)."""
     kind, _, rest = spec.partition(":")
     if kind != "replay" or not rest:
-        raise ValueError(f"unsupported feed {spec!r}: expected replay:PATH[,PATH...]")
+        raise ValueError(f"unsupported feed {spec!r}: expected replay:PATH[,PATH...] or binance")
     paths = [Path(p).expanduser().resolve() for p in rest.split(",") if p]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -56,6 +56,15 @@ def run_up(cfg: FleetConfig, args: Any) -> int:
     overrides = {"FLOTILLA__MARKET_DATA__SPEED": str(args.speed)}
     if args.feed:
         overrides["FLOTILLA__MARKET_DATA__FEED"] = json.dumps(args.feed)
+    if getattr(args, "live_feed", ""):
+        overrides["FLOTILLA__MARKET_DATA__SOURCE"] = args.live_feed
+        overrides["FLOTILLA__MARKET_DATA__VENUE_URL"] = args.venue_url
+    if getattr(args, "venue", ""):
+        overrides["FLOTILLA__EXECUTION__VENUE"] = args.venue
+        if args.venue_url:  # one fake (or testnet) serving both data and orders
+            overrides["FLOTILLA__EXECUTION__VENUE_URL"] = args.venue_url
+    if getattr(args, "live", False):
+        overrides["FLOTILLA__EXECUTION__LIVE"] = "true"
     fleet = Fleet(
         cfg, run_dir, Path(args.config or DEFAULT_CONFIG).resolve(), overrides, args.port_offset
     )
@@ -64,6 +73,8 @@ def run_up(cfg: FleetConfig, args: Any) -> int:
     outcome = "interrupted"
     try:
         fleet.start_all()
+        if url := fleet.start_dashboard():
+            print(f"dashboard (read-only): {url}", flush=True)
         outcome = watch(fleet, args, started)
     except Interrupted:
         print("\nstopping the fleet...", file=sys.stderr)
@@ -85,6 +96,8 @@ def watch(fleet: Fleet, args: Any, started: float) -> str:
     while True:
         time.sleep(0.2)
         now = time.monotonic()
+        if note := fleet.dashboard_exit():
+            print(f"\n{note}", file=sys.stderr)
         if dead := fleet.dead():
             names = ", ".join(f"{p.instance} (exit {p.popen.returncode})" for p in dead)
             print(f"\nservice died: {names}; see {fleet.run_dir / 'logs'}", file=sys.stderr)

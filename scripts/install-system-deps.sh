@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install the system packages Flotilla's tests need: redis-server (integration tests), and
-# docker-compose when neither Compose v2 nor v1 is present (system tests; the Docker engine
-# itself must already run). Idempotent: does nothing when everything is already on PATH.
+# Install the system packages Flotilla's tests need: redis-server (integration tests), Debian's
+# prometheus for promtool (alert-rule unit tests), Debian's chromium (the dashboard test loads the
+# page headless), and docker-compose when neither Compose v2 nor v1 is present (system tests; the
+# Docker engine itself must already run). Idempotent: does nothing when everything is already on
+# PATH.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -19,6 +21,8 @@ fi
 
 PACKAGES=()
 command -v redis-server >/dev/null 2>&1 || PACKAGES+=(redis-server)
+command -v promtool >/dev/null 2>&1 || PACKAGES+=(prometheus)
+command -v chromium >/dev/null 2>&1 || PACKAGES+=(chromium)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
     PACKAGES+=(docker-compose)
 fi
@@ -26,14 +30,14 @@ if ! command -v docker >/dev/null 2>&1; then
     echo "install-system-deps: warning: no docker CLI; the system tests need a Docker engine" >&2
 fi
 if [[ ${#PACKAGES[@]} -eq 0 ]]; then
-    echo "install-system-deps: redis-server and compose already present"
+    echo "install-system-deps: redis-server, promtool, chromium and compose already present"
     exit 0
 fi
 
-# Tests start their own redis-server on a random loopback port, so Debian's
-# packaged service is never used. In containers without systemd, policy-rc.d
-# keeps the postinst from trying (and failing) to start it; elsewhere we stop
-# and disable it after install so it does not hold port 6379 for nothing.
+# Tests start their own redis-server on a random loopback port and use only promtool from
+# prometheus, so Debian's packaged services are never used. In containers without systemd,
+# policy-rc.d keeps the postinsts from trying (and failing) to start them; elsewhere we stop
+# and disable them after install so they do not hold ports 6379 and 9090 for nothing.
 POLICY=/usr/sbin/policy-rc.d
 ADDED_POLICY=0
 if [[ ! -e "$POLICY" ]]; then
@@ -48,12 +52,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"${SUDO[@]}" apt-get update
-"${SUDO[@]}" apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
 
 if [[ " ${PACKAGES[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1 \
     && [[ -d /run/systemd/system ]]; then
     "${SUDO[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+if [[ " ${PACKAGES[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1 \
+    && [[ -d /run/systemd/system ]]; then
+    "${SUDO[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 echo "install-system-deps: installed ${PACKAGES[*]}"

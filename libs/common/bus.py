@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -18,7 +19,7 @@ import zmq
 
 from . import topics
 from .clock import Clock, LiveClock
-from .metrics import BUS
+from .metrics import BUS, TRAFFIC
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,17 @@ class Publisher:
         seq = self._seqs.get(topic, 0) + 1
         self._seqs[topic] = seq
         cached = self._prefixes.get(topic)
-        if cached is None:  # once per topic: wire prefix and the metric child, never per message
+        if cached is None:  # once per topic: wire prefix and the family's tally
             cached = self._prefixes[topic] = (
                 topics.exact(topic),
-                BUS.messages_sent.labels(topics.family_of(topic)),
+                TRAFFIC.sent(topics.family_of(topic)),
             )
+        prefix, tally = cached
         header = HEADER.pack(self._publisher_id, seq, self._clock.monotonic_ns())
-        self._sock.send(cached[0] + header + self._encoder.encode(msg), copy=True)
-        cached[1].inc()
+        frame = prefix + header + self._encoder.encode(msg)
+        self._sock.send(frame, copy=True)
+        tally.messages += 1  # plain ints, read at scrape time (see metrics.BusTraffic)
+        tally.nbytes += len(frame)
         return seq
 
     def close(self) -> None:
@@ -98,10 +102,14 @@ class Publisher:
 
 
 class Subscriber(Generic[T]):
-    """Receives, decodes and sequence-checks one family of messages; bad frames are dropped."""
+    """Receives, decodes and sequence-checks one family of messages; bad frames are dropped.
 
-    def __init__(self, sock: zmq.Socket[Any], message_type: Any) -> None:
+    `role` labels the stream's age metric (flotilla_bus_last_message_age_seconds).
+    """
+
+    def __init__(self, sock: zmq.Socket[Any], message_type: Any, role: str = "sub") -> None:
         self.sock = sock
+        self.role = role
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(message_type)
         self._last_seq: dict[tuple[int, str], int] = {}
         self._topics: dict[bytes, tuple[str, Any]] = {}
@@ -111,6 +119,8 @@ class Subscriber(Generic[T]):
     def subscribe(self, prefix: bytes) -> None:
         """Receive topics starting with these bytes (see topics.exact / topics.family)."""
         self.sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        # The stream's age is exported from now on, so one that never speaks shows up too.
+        TRAFFIC.received(self.role, topics.family_of(prefix.decode(errors="replace")))
 
     def unsubscribe(self, prefix: bytes) -> None:
         """Stop receiving a prefix, and forget its sequence numbers: what is published while we
@@ -126,12 +136,13 @@ class Subscriber(Generic[T]):
     def recv_batch(self, limit: int = 1000) -> list[Envelope[T]]:
         """Up to `limit` decoded messages that are already waiting; bad frames are dropped."""
         batch: list[Envelope[T]] = []
+        now = time.monotonic_ns()  # one clock read per batch: the frames were all waiting
         for _ in range(limit):
             try:
                 frame = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            env = self.decode(frame)
+            env = self._decode(frame, now)
             if env is not None:
                 batch.append(env)
         return batch
@@ -141,6 +152,7 @@ class Subscriber(Generic[T]):
         is decoded (last-value semantics, for consumers that need just the current quote).
         Every frame is still sequence-checked and counted; superseded ones are not decoded."""
         latest: dict[bytes, bytes] = {}
+        now = time.monotonic_ns()
         for _ in range(limit):
             try:
                 frame = self.sock.recv(zmq.NOBLOCK)
@@ -150,36 +162,45 @@ class Subscriber(Generic[T]):
             key = frame[:end] if end > 0 else frame  # malformed: its own key, decode() drops it
             older = latest.pop(key, None)
             if older is not None:
-                self.skip(older)
+                self.skip(older, now)
             latest[key] = frame
-        return [env for frame in latest.values() if (env := self.decode(frame)) is not None]
+        return [env for frame in latest.values() if (env := self._decode(frame, now)) is not None]
 
-    def skip(self, frame: bytes) -> None:
+    def skip(self, frame: bytes, now_ns: int = 0) -> None:
         """Account for a frame that a newer one on its topic made redundant: seq and count only."""
         header = self._header(frame)
         if header is not None:
-            topic, received, publisher, seq, _pub_ns, _start = header
+            topic, tally, publisher, seq, _pub_ns, _start = header
             self._check_seq(publisher, topic, seq)
-            received.inc()
-            BUS.messages_conflated.labels(topics.family_of(topic)).inc()
+            tally.messages += 1
+            tally.nbytes += len(frame)
+            tally.conflated += 1
+            tally.last_mono_ns = now_ns or time.monotonic_ns()
 
     def decode(self, frame: bytes) -> Envelope[T] | None:
         """Parse a raw frame; count and log anything malformed instead of raising."""
+        return self._decode(frame, time.monotonic_ns())
+
+    def _decode(self, frame: bytes, now_ns: int) -> Envelope[T] | None:
+        """decode() with the receive time of the batch the frame came in."""
         header = self._header(frame)
         if header is None:
             return None
-        topic, received, publisher, seq, pub_ns, start = header
+        topic, tally, publisher, seq, pub_ns, start = header
         try:
             msg = self._decoder.decode(memoryview(frame)[start:])
         except DECODE_ERRORS as exc:
             self._drop(topic, str(exc), frame)
             return None
         self._check_seq(publisher, topic, seq)
-        received.inc()
+        # Three int stores instead of prometheus_client calls: measured in bench/micro.py.
+        tally.messages += 1
+        tally.nbytes += len(frame)
+        tally.last_mono_ns = now_ns
         return Envelope(topic, publisher, seq, pub_ns, msg)
 
     def _header(self, frame: bytes) -> tuple[str, Any, int, int, int, int] | None:
-        """Topic, its received counter, publisher, seq, publish time and payload offset."""
+        """Topic, its stream's tally, publisher, seq, publish time and payload offset."""
         end = frame.find(topics.TERMINATOR)
         if end < 0 or len(frame) < end + 1 + HEADER.size:
             self._drop("?", "truncated frame", frame)
@@ -188,12 +209,12 @@ class Subscriber(Generic[T]):
         known = self._topics.get(raw_topic)
         if known is None:
             topic = raw_topic.decode("utf-8", "replace")
-            known = (topic, BUS.messages_received.labels(topics.family_of(topic)))
+            known = (topic, TRAFFIC.received(self.role, topics.family_of(topic)))
             if len(self._topics) < 10_000:  # bounded: a hostile peer cannot grow it forever
                 self._topics[raw_topic] = known
-        topic, received = known
+        topic, tally = known
         publisher, seq, pub_ns = HEADER.unpack_from(frame, end + 1)
-        return topic, received, publisher, seq, pub_ns, end + 1 + HEADER.size
+        return topic, tally, publisher, seq, pub_ns, end + 1 + HEADER.size
 
     def _check_seq(self, publisher: int, topic: str, seq: int) -> None:
         """Count messages missing between the last seq seen and this one."""
@@ -215,6 +236,17 @@ class Subscriber(Generic[T]):
         log.warning("dropped undecodable message on %r (%d bytes): %s", topic, len(frame), why)
 
 
+def send_nowait(sock: zmq.Socket[Any], frames: list[bytes], family: str) -> bool:
+    """Send one message without blocking; True if queued. At the high-water mark (zmq.Again)
+    the message is dropped and counted in flotilla_bus_hwm_dropped_messages_total{family}."""
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        BUS.hwm_drops.labels(topics.family_of(family)).inc()
+        return False
+    return True
+
+
 class RequestTimeout(Exception):
     """The peer did not answer in time; the socket was reset (Lazy Pirate)."""
 
@@ -231,6 +263,7 @@ class RequestClient(Generic[T]):
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(reply_type)
         self._sock = self._open()
+        self._replies = TRAFFIC.received("req", "reply")
         self.resets = 0
 
     def _open(self) -> zmq.Socket[Any]:
@@ -243,7 +276,12 @@ class RequestClient(Generic[T]):
         """Send one request and wait for its reply, or raise RequestTimeout."""
         self._sock.send(self._encoder.encode(msg))
         if self._sock.poll(self._timeout_ms, zmq.POLLIN):
-            return self._decode(self._sock.recv())
+            frame = self._sock.recv()
+            reply = self._decode(frame)
+            self._replies.messages += 1  # a reply: the peer's stream is alive
+            self._replies.nbytes += len(frame)
+            self._replies.last_mono_ns = time.monotonic_ns()
+            return reply
         self._reset()
         raise RequestTimeout(f"no reply from {self._endpoint} within {self._timeout_ms} ms")
 

@@ -72,6 +72,11 @@ class MarketDataConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields
     repeat: int = 1  # replay the feed this many times (benchmarks need more ticks than it has)
     preload: bool = False  # parse the whole feed before starting, so parsing never paces it
     limit_ticks: int = 0  # > 0: stop after publishing this many ticks (benchmarks)
+    source: Literal["replay", "binance", "alpaca"] = "replay"  # live: python-binance / alpaca-py
+    venue_url: str = ""  # live feed: "" = the venue itself; "http://127.0.0.1:N" = a local fake
+    live_silence_timeout_s: float = 10.0  # live feed watchdog: reconnect after this much silence
+    alpaca_asset_class: Literal["crypto", "stocks"] = "crypto"
+    alpaca_stock_feed: Literal["iex", "sip"] = "iex"  # stocks: IEX (free) or SIP (paid plan)
 
 
 class OfiParams(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -114,11 +119,36 @@ class RiskLimits(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True)
     rate_window_ms: int = 1_000
 
 
+class PanicConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Panic rules in risk; each firing becomes a kill-switch transition (SAFETY.md)."""
+
+    enabled: bool = True
+    # No quote for a symbol this long (after its first) -> halt. Not 500: the bundled recording
+    # has normal quiet gaps up to 874 ms (ETHUSDT) at recorded pace (tests/unit/test_panic_rules).
+    quote_stale_ms: int = 1_000
+    spread_blowout_ratio: Decimal = Decimal("3")  # spread > ratio x rolling median ...
+    # ... for at least this long -> halt. One-tick medians and millisecond blow-outs (up to
+    # 190 ms) are normal in the recording; a persistent one is a broken market.
+    spread_blowout_persist_ms: int = 250
+    spread_window_quotes: int = 500  # quotes in the rolling median
+    spread_min_samples: int = 100  # no spread verdict before this many quotes of a symbol
+    slippage_ratio: Decimal = Decimal("3")  # |fill - expected| > ratio x expected slippage
+    expected_slippage_bps: Decimal = Decimal("5")
+    venue_errors: int = 5  # this many venue errors ...
+    venue_error_window_ms: int = 10_000  # ... within this window -> halt
+    daily_loss_limit: Decimal = Decimal("1000")  # realised + unrealised loss (quote ccy) -> halt
+    drawdown_soft: Decimal = Decimal("250")  # from the PnL peak -> REDUCING
+    drawdown_hard: Decimal = Decimal("500")  # from the PnL peak -> HALTED
+    max_fills_per_window: int = 20  # repeated-execution throttle, per strategy ...
+    fill_window_ms: int = 60_000  # ... -> strategy disabled until an operator resumes it
+
+
 class RiskConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The risk service."""
 
     metrics_port: int = 9103
     limits: RiskLimits = RiskLimits()
+    panic: PanicConfig = PanicConfig()
     order_timeout_ms: int = 1_000
 
 
@@ -129,6 +159,33 @@ class ExecutionConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=
     taker_fee_bps: Decimal = Decimal("10")
     maker_fee_bps: Decimal = Decimal("10")
     max_order_age_ms: int = 2_000
+    # The venue orders go to. Anything but "paper" is a live venue (services/execution/live.py);
+    # a production endpoint also needs `live = true` (`flotilla up --live`).
+    venue: Literal["paper", "binance", "alpaca"] = "paper"
+    venue_url: str = ""  # "" = the venue's test endpoint (Binance testnet, Alpaca paper)
+    live: bool = False  # required to trade on a venue's production endpoint
+    venue_timeout_ms: int = 5_000
+    venue_poll_interval_ms: int = 250  # fills and unknown outcomes fetched this often
+    venue_sync_interval_ms: int = 2_000  # working orders checked against the venue's
+    venue_unknown_grace_ms: int = 5_000  # an unknown order absent this long never arrived
+
+
+class GpioConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The emergency-stop panel (BCM pin numbers; 0 = not fitted)."""
+
+    enabled: bool = False
+    backend: Literal["auto", "rpi", "simulated"] = "auto"  # auto: RPi.GPIO if importable
+    simulated_dir: str = ""  # simulated backend: pin levels as files here (tests, demos)
+    estop_pin: int = 17  # normally closed to ground: pressed or wire cut reads high
+    tamper_pin: int = 27  # normally closed: enclosure opened reads high
+    led_green_pin: int = 5
+    led_yellow_pin: int = 6
+    led_red_pin: int = 13
+    buzzer_pin: int = 0
+    debounce_ms: int = 20
+    poll_interval_ms: int = 1
+    watchdog_ms: int = 500  # the GPIO loop silent this long -> halt
+    blink_interval_ms: int = 250  # LED blink while the fleet has not acknowledged
 
 
 class KillSwitchConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -137,6 +194,10 @@ class KillSwitchConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields
     metrics_port: int = 9105
     heartbeat_interval_ms: int = 100
     initial_state: Literal["ACTIVE", "HALTED"] = "ACTIVE"
+    resume_cooldown_ms: int = 3_000  # resume is refused this soon after a restricting transition
+    prepare_timeout_ms: int = 200  # wait this long for execution to confirm a halt-prepare
+    stall_halt: bool = True  # a kill switch that finds itself frozen > deadman window halts
+    gpio: GpioConfig = GpioConfig()
 
 
 class ClusterConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -146,6 +207,18 @@ class ClusterConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     membership_interval_ms: int = 250  # how often replicas heartbeat and recompute assignment
     lease_ttl_ms: int = 5_000  # a dead single writer's standby takes over after at most this
     ready_ttl_ms: int = 5_000  # a start-up readiness mark from a dead process expires
+
+
+class DashboardConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The read-only web page (`flotilla dashboard`; `flotilla up` starts it with the fleet)."""
+
+    enabled: bool = True  # flotilla up starts it (best effort: a busy port leaves the fleet be)
+    host: str = "127.0.0.1"  # containers set 0.0.0.0
+    port: int = 9100
+    recent_events: int = 50  # orders and fills kept in memory for the page
+    # Host headers served besides IP literals and localhost: any other name is refused, so a
+    # page on some other site cannot read the fleet through DNS rebinding.
+    allowed_hosts: list[str] = []
 
 
 class FleetConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -161,6 +234,7 @@ class FleetConfig(_Config, kw_only=True, frozen=True, forbid_unknown_fields=True
     execution: ExecutionConfig = ExecutionConfig()
     kill_switch: KillSwitchConfig = KillSwitchConfig()
     cluster: ClusterConfig = ClusterConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
 
 def service_config(cfg: FleetConfig, service: str) -> Any:
@@ -215,6 +289,8 @@ def check_consistency(cfg: FleetConfig) -> None:
         raise ConfigError("[cluster] membership_ttl_ms must be at least 2x membership_interval_ms")
     if cfg.kill_switch.heartbeat_interval_ms <= 0:
         raise ConfigError("[kill_switch] heartbeat_interval_ms must be > 0")
+    if not 0 < cfg.dashboard.port < 65536 or cfg.dashboard.recent_events < 1:
+        raise ConfigError("[dashboard] port must be 1-65535 and recent_events >= 1")
     for name, inst in cfg.instruments.items():
         _require_positive(f"instruments.{name}.price_increment", inst.price_increment)
         _require_positive(f"instruments.{name}.size_increment", inst.size_increment)

@@ -55,3 +55,15 @@ class Position(msgspec.Struct, kw_only=True):
 def quantize_money(value: Decimal) -> str:
     """A decimal string with 8 places: how PnL is written to summaries and reports."""
     return str(value.quantize(Decimal("0.00000001")))
+
+
+def shrinks_position(
+    position: Decimal, working_same_side: Decimal, side: str, qty: Decimal
+) -> bool:
+    """True when an order strictly shrinks |position| even if every working order on its side
+    fills first, without crossing through zero (what REDUCING and reduce-only orders allow)."""
+    if qty <= 0:
+        return False
+    if side == "sell":
+        return position > 0 and position - working_same_side - qty >= 0
+    return position < 0 and position + working_same_side + qty <= 0

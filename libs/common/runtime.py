@@ -21,12 +21,12 @@ import msgspec
 import zmq
 
 from . import topics
-from .bus import Publisher, Subscriber, new_socket
+from .bus import DECODE_ERRORS, Publisher, Subscriber, new_socket, send_nowait
 from .clock import Clock, LiveClock
 from .cluster import Lease
 from .config import SINGLE_WRITERS, FleetConfig, bind_url, service_config
-from .messages import ControlMessage, StateAck, TradingState
-from .metrics import LEASE_HELD, LOOP_HEARTBEAT, config_hash, serve_metrics
+from .messages import ControlMessage, DeadmanTrip, StateAck, StateRequest, TradingState
+from .metrics import BUS, LEASE_HELD, LOOP_HEARTBEAT, config_hash, serve_metrics
 from .store import StateStore, open_store
 from .trading_gate import TradingGate
 
@@ -222,7 +222,8 @@ class Runtime:
 
 
 class ControlLink:
-    """Subscribes to ctl.state, keeps the TradingGate, and acknowledges each new seq."""
+    """Subscribes to ctl.state, keeps the TradingGate, acknowledges each new seq, and trips the
+    dead man's switch when the state goes silent."""
 
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
@@ -232,17 +233,89 @@ class ControlLink:
         self._ack = rt.own(new_socket(rt.ctx, zmq.DEALER, linger_ms=0, hwm=1000))
         self._ack.connect(rt.cfg.bus.ctl_ack)
         self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(ControlMessage)
+        self._requested_mono_ns = 0
+        self.request_snapshot()
 
     @property
     def socket(self) -> zmq.Socket[Any]:
         """The SUB socket to register with the service's poller."""
         return self.sub.sock
 
+    @property
+    def sockets(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        """Both sockets the state can arrive on: the ctl.state SUB and the snapshot DEALER."""
+        return (self.sub.sock, self._ack)
+
+    def ready(self, polled: dict[Any, Any]) -> bool:
+        """True when a poll result shows a state message waiting on either socket."""
+        return self.sub.sock in polled or self._ack in polled
+
+    def request_snapshot(self) -> None:
+        """Ask the kill switch for the state now: a starting service must not wait a heartbeat."""
+        self._requested_mono_ns = self._rt.clock.monotonic_ns()
+        now = self._rt.clock.time_ns()
+        req = StateRequest(
+            ts_event=now, ts_init=now, service=self._rt.service, instance=self._rt.instance
+        )
+        # A full queue means the kill switch is unreachable: the dead man's switch will say so.
+        send_nowait(self._ack, [self._encoder.encode(req)], "ctl")
+
+    def _probe_if_quiet(self) -> None:
+        """Quiet for a heartbeat: ask directly. A SUB that is still joining (or a lost PUB
+        message) must not trip the dead man's switch while the kill switch itself answers."""
+        state = self.gate.state
+        if state is None or self.gate.silent_ms() < state.heartbeat_interval_ms:
+            return
+        if (
+            self._rt.clock.monotonic_ns() - self._requested_mono_ns
+            < state.heartbeat_interval_ms * 1_000_000
+        ):
+            return
+        self.request_snapshot()
+
     def drain(self) -> None:
-        """Apply every waiting state message."""
+        """Apply every waiting state message (published or sent as a snapshot), then check."""
         for env in self.sub.recv_batch():
             if isinstance(env.msg, TradingState):
                 self.apply(env.msg)
+        self._drain_snapshots()
+        self.check()
+
+    def _drain_snapshots(self) -> None:
+        """Snapshot replies on the DEALER; junk is counted, never fatal."""
+        while True:
+            try:
+                frame = self._ack.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = self._decoder.decode(frame)
+            except DECODE_ERRORS:
+                BUS.decode_errors.labels("ctl").inc()
+                continue
+            if isinstance(msg, TradingState):
+                self.apply(msg)
+
+    def check(self) -> None:
+        """Dead man's switch: on the first silent check, halt locally and tell the kill switch."""
+        self._probe_if_quiet()
+        if not self.gate.check_deadman():
+            return
+        state = self.gate.state
+        assert state is not None
+        silent_ms = self.gate.silent_ms()
+        log.error("no ctl.state for %d ms: dead man's switch tripped, trading HALTED", silent_ms)
+        now = self._rt.clock.time_ns()
+        trip = DeadmanTrip(
+            ts_event=now,
+            ts_init=now,
+            service=self._rt.service,
+            instance=self._rt.instance,
+            last_seq=state.seq,
+            silent_ms=silent_ms,
+        )
+        self._send(trip, "dead man's trip")
 
     def apply(self, state: TradingState) -> None:
         """Update the gate; acknowledge a new seq to the kill switch."""
@@ -256,10 +329,12 @@ class ControlLink:
                 seq=state.seq,
                 state=state.state,
             )
-            try:
-                self._ack.send(self._encoder.encode(ack), zmq.NOBLOCK)
-            except zmq.Again:
-                log.warning("could not acknowledge state seq %d: ack queue full", state.seq)
+            self._send(ack, f"ack of state seq {state.seq}")
+
+    def _send(self, msg: Any, what: str) -> None:
+        """One message to the kill switch's ROUTER, never blocking the service."""
+        if not send_nowait(self._ack, [self._encoder.encode(msg)], "ctl"):
+            log.warning("could not send %s: queue to the kill switch full", what)
 
 
 class JsonLogFormatter(logging.Formatter):

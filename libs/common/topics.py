@@ -48,6 +48,9 @@ def risk_decision(strategy: str) -> str:
     return _join("risk", "decision", strategy)
 
 
+RISK_PANIC = "risk.panic"  # panic rules firing; the kill switch subscribes
+
+
 def risk_end() -> str:
     """End-of-stream marker of risk."""
     return "risk._end"

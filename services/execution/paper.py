@@ -51,6 +51,25 @@ class FeeSchedule:
     quote_asset: dict[str, str] = field(default_factory=dict)
 
 
+def order_from_update(upd: OrderUpdate) -> WorkingOrder:
+    """An order as its latest journaled update describes it (what a restart rebuilds)."""
+    req = OrderRequest(
+        ts_event=upd.ts_event,
+        ts_init=upd.ts_init,
+        client_order_id=upd.client_order_id,
+        signal_id="",
+        strategy=upd.strategy,
+        venue=upd.venue,
+        symbol=upd.symbol,
+        side=upd.side,
+        order_type=upd.order_type,
+        qty=upd.qty,
+        limit_px=upd.limit_px,
+    )
+    notional = (upd.avg_px or ZERO) * upd.filled_qty
+    return WorkingOrder(req, upd.filled_qty, notional, upd.status, upd.reason)
+
+
 class PaperExchange:
     """Matching state for every symbol; emits OrderUpdate and Fill events, mutates nothing else."""
 
@@ -106,23 +125,7 @@ class PaperExchange:
 
     def restore(self, upd: OrderUpdate) -> None:
         """Rebuild an order from its latest journaled state (later updates overwrite earlier)."""
-        req = OrderRequest(
-            ts_event=upd.ts_event,
-            ts_init=upd.ts_init,
-            client_order_id=upd.client_order_id,
-            signal_id="",
-            strategy=upd.strategy,
-            venue=upd.venue,
-            symbol=upd.symbol,
-            side=upd.side,
-            order_type=upd.order_type,
-            qty=upd.qty,
-            limit_px=upd.limit_px,
-        )
-        notional = (upd.avg_px or ZERO) * upd.filled_qty
-        order = WorkingOrder(
-            req, filled=upd.filled_qty, notional=notional, status=upd.status, reason=upd.reason
-        )
+        order = order_from_update(upd)
         self.orders[upd.client_order_id] = order
         self._track(order)
 

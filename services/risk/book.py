@@ -75,6 +75,16 @@ class RiskBook:
         q = self.symbols[symbol].quote
         return None if q is None else (q.bid_px + q.ask_px) / 2
 
+    def total_pnl(self) -> Decimal:
+        """Realized plus unrealized PnL over every symbol (the panic rules' input)."""
+        return sum(
+            (
+                b.position.realized_pnl + b.position.unrealized(self.mark(s))
+                for s, b in self.symbols.items()
+            ),
+            Decimal(0),
+        )
+
     def summary(self) -> dict[str, Any]:
         """Positions and PnL as decimal strings."""
         realized = sum((b.position.realized_pnl for b in self.symbols.values()), Decimal(0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from decimal import Decimal
 from typing import Any
 
 import zmq
@@ -13,6 +14,7 @@ from prometheus_client import Counter as PromCounter
 from libs.common import topics
 from libs.common.bus import Envelope, RequestClient, RequestTimeout
 from libs.common.messages import (
+    TERMINAL_STATUSES,
     ExecutionEvent,
     FeedStatus,
     Fill,
@@ -23,28 +25,38 @@ from libs.common.messages import (
     OrderReply,
     OrderRequest,
     OrderUpdate,
+    Panic,
     Quote,
     RiskDecision,
     Signal,
     SignalMessage,
     StreamEnd,
 )
+from libs.common.metrics import EVERY_CALL, SampledTimer
+from libs.common.positions import shrinks_position
 from libs.common.runtime import ControlLink, Runtime
 
 from .book import RiskBook
 from .book_metrics import BookCollector
 from .checks import REASONS, RateLimiter, check_signal
+from .panic import RULES as PANIC_RULES
+from .panic import PanicMonitor
 
 log = logging.getLogger(__name__)
 POLL_MS = 50
 BOOK_SAVE_INTERVAL_NS = 100_000_000
+PANIC_CHECK_INTERVAL_NS = 50_000_000  # time-driven and PnL panic rules are evaluated this often
 
 REJECTIONS = PromCounter(
     "flotilla_risk_rejections", "Signals refused by risk, by reason", ["reason"]
 )
 ORDERS_SENT = PromCounter("flotilla_risk_orders_sent", "Orders risk sent to execution")
+PANICS = PromCounter("flotilla_risk_panics", "Panic rules fired, by rule", ["rule"])
+for _rule in PANIC_RULES:
+    PANICS.labels(_rule)
 for _reason in REASONS:
     REJECTIONS.labels(_reason)  # export every reason at 0 so rate() works from the start
+CHECK_TIMER = SampledTimer("risk_check", EVERY_CALL)  # pre-trade checks of one signal
 
 
 class RiskService:
@@ -66,6 +78,9 @@ class RiskService:
         self.exec_last_fill_seq: int | None = None
         self.book_dirty = False
         self.book_saved_ns = 0
+        self.panic = PanicMonitor(self.cfg.panic, list(rt.cfg.instruments))
+        self.expected_px: dict[str, Decimal] = {}  # coid -> the price the strategy expected
+        self.next_panic_check_ns = 0
 
     def start(self) -> None:
         """Bind the signal inlet and decision PUB; connect md, execution and control."""
@@ -83,7 +98,7 @@ class RiskService:
         )
         self.control = ControlLink(self.rt)
         self.poller = zmq.Poller()
-        for sock in (self.control.socket, self.exec.sock, self.md.sock, self.signals.sock):
+        for sock in (*self.control.sockets, self.exec.sock, self.md.sock, self.signals.sock):
             self.poller.register(sock, zmq.POLLIN)
         self.book_collector = BookCollector(self.book)
         REGISTRY.register(self.book_collector)
@@ -96,8 +111,10 @@ class RiskService:
         while not self.rt.stop_requested:
             self.rt.maintain()
             ready = dict(self.poller.poll(POLL_MS))
-            if self.control.socket in ready:
+            if self.control.ready(ready):
                 self.control.drain()
+            else:
+                self.control.check()
             if self.needs_recovery:
                 self.recover()
             if self.exec.sock in ready:
@@ -110,6 +127,7 @@ class RiskService:
             if self.signals.sock in ready:
                 for env in self.signals.recv_batch(limit=100):
                     self.on_signal_message(env)
+            self.check_panics()
             self.maybe_end()
             self.flush_book()
             self.rt.save_stats(self.stats, drained=self.drained())
@@ -123,9 +141,13 @@ class RiskService:
             book = self.book.symbols.get(msg.symbol)
             if book is not None:
                 book.quote = msg
+            self.raise_panics(self.panic.on_quote(msg, *self.now()))
         elif isinstance(msg, FeedStatus):
             if msg.state == "end":
                 self.md_ended = True
+                self.panic.feed_ended()  # a finished replay is not a stale market
+            elif msg.state == "live":
+                self.panic.feed_live(self.rt.clock.monotonic_ns())
             self.rt.mark_feed_ready(self.control)
 
     def on_execution(self, msg: Any) -> None:
@@ -137,8 +159,17 @@ class RiskService:
                     return
                 if self.book.apply_fill(fill):
                     self.book_changed()
+                    expected = self.expected_px.get(fill.client_order_id)
+                    # Fill windows run on market time (the fill's event time): a replay at 100x
+                    # is not a runaway strategy, and live, market time is wall time.
+                    at = fill.ts_event
+                    self.raise_panics(
+                        self.panic.on_fill(fill, expected, at, self.rt.clock.time_ns())
+                    )
             case OrderUpdate() as upd:
                 self.book.apply_update(upd)
+                if upd.status in TERMINAL_STATUSES:
+                    self.expected_px.pop(upd.client_order_id, None)
             case StreamEnd() as end:
                 self.exec_last_fill_seq = end.counts.get("last_fill_seq", 0)
 
@@ -153,7 +184,9 @@ class RiskService:
 
     def on_signal(self, sig: Signal) -> None:
         """Check, then send or refuse; every outcome is published as a RiskDecision."""
+        t0 = CHECK_TIMER.start()
         reason = self.refusal(sig)
+        CHECK_TIMER.stop(t0)
         if reason:
             self.refuse(sig, reason)
             return
@@ -162,7 +195,9 @@ class RiskService:
 
     def refusal(self, sig: Signal) -> str:
         """The first reason this signal may not become an order, or ''."""
-        if reason := self.control.gate.refusal():
+        if self.control.gate.too_silent():
+            self.control.drain()  # busy, not necessarily silent: the heartbeats may be queued
+        if reason := self.control.gate.refusal(sig.strategy, self.reduces(sig)):
             return reason
         if self.needs_recovery:
             return "recovering"
@@ -173,6 +208,15 @@ class RiskService:
         if instrument is None or book is None:
             return "unknown_instrument"
         return check_signal(sig, instrument, book, self.cfg.limits, self.rate)
+
+    def reduces(self, sig: Signal) -> bool:
+        """True when the signal's order shrinks |position| even if working orders on its side
+        fill first (the only orders REDUCING lets through)."""
+        book = self.book.symbols.get(sig.symbol)
+        if book is None:
+            return False
+        working = book.exposure.buy if sig.side == "buy" else book.exposure.sell
+        return shrinks_position(book.position.qty, working, sig.side, sig.qty)
 
     # --- outputs ------------------------------------------------------------------------
 
@@ -193,6 +237,7 @@ class RiskService:
             origin_mono_ns=sig.origin_mono_ns,
         )
         self.rate.record(sig.ts_event)
+        self.expected_px[order.client_order_id] = sig.limit_px or sig.ref_px
         self.book.track_order(order.client_order_id, order.symbol, order.side, order.qty)
         self.book.orders_sent += 1
         ORDERS_SENT.inc()
@@ -201,6 +246,7 @@ class RiskService:
         except RequestTimeout as exc:
             self.book.order_timeouts += 1
             log.error("order %s outcome unknown: %s", order.client_order_id, exc)
+            self.raise_panics(self.panic.on_venue_error("timeout", *self.now()))
             self.publish_decision(sig, True, "sent_outcome_unknown", order.client_order_id)
             self.book_changed()
             return
@@ -214,6 +260,8 @@ class RiskService:
             self.book.untrack(order.client_order_id)
             why = reply.reason if isinstance(reply, OrderReply) else "bad_reply"
             log.warning("execution rejected %s: %s", order.client_order_id, why)
+            if why.startswith("venue") or why == "bad_reply":
+                self.raise_panics(self.panic.on_venue_error(why, *self.now()))
             self.publish_decision(sig, False, f"execution:{why}", order.client_order_id)
         self.book_changed()
 
@@ -255,6 +303,28 @@ class RiskService:
             client_order_id=coid,
         )
         self.pub.publish(topics.risk_decision(sig.strategy), decision)
+
+    # --- panic rules --------------------------------------------------------------------
+
+    def now(self) -> tuple[int, int]:
+        """(monotonic, wall) nanoseconds, as the panic rules take them."""
+        return self.rt.clock.monotonic_ns(), self.rt.clock.time_ns()
+
+    def check_panics(self) -> None:
+        """Time-driven rules (staleness, a persistent spread blow-out) and the PnL rules."""
+        mono, wall = self.now()
+        if mono < self.next_panic_check_ns:
+            return
+        self.next_panic_check_ns = mono + PANIC_CHECK_INTERVAL_NS
+        self.raise_panics(self.panic.check(mono, wall))
+        self.raise_panics(self.panic.on_pnl(self.book.total_pnl(), mono, wall))
+
+    def raise_panics(self, panics: list[Panic]) -> None:
+        """Publish each panic on risk.panic for the kill switch, counted and logged."""
+        for panic in panics:
+            PANICS.labels(panic.rule).inc()
+            log.error("PANIC %s -> %s: %s", panic.rule, panic.action, panic.detail)
+            self.pub.publish(topics.RISK_PANIC, panic)
 
     # --- recovery and draining ----------------------------------------------------------
 

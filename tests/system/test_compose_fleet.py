@@ -304,8 +304,13 @@ def test_every_container_obeys_a_halt_from_the_host_while_trading(compose_fleet)
     wait_for(refused_while_halted, 60, "risk to refuse a signal because trading is halted")
     assert fleet.stats("execution")[0]["orders_received"] == orders_at_halt
 
-    resumed = flotilla(fleet, "resume", "--operator", "ci")
-    assert resumed.returncode == 0, resumed.stderr
+    # The kill switch refuses a resume within 3 s of the halt (cooldown): retry as an operator would.
+    wait_for(
+        lambda: flotilla(fleet, "resume", "--operator", "ci").returncode == 0,
+        10,
+        "resume to be accepted once the cooldown has passed",
+        interval_s=0.5,
+    )
     wait_for(
         lambda: fleet.stats("execution")[0]["orders_received"] > orders_at_halt,
         60,

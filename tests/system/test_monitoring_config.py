@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import urllib.request
@@ -10,6 +9,7 @@ import urllib.request
 import pytest
 
 from libs.common.testing.compose import ROOT, wait_for
+from libs.common.testing.fleet import reserved_port_offset
 
 from .conftest import PROMETHEUS_IMAGE
 
@@ -56,36 +56,37 @@ def scrape(port: int) -> str:
 def test_every_service_endpoint_passes_promtool_check_metrics(fleet_images, tmp_path):
     """During a run, every service's /metrics passes `promtool check metrics` (names, suffixes,
     types, help), and promtool does reject a malformed exposition (the check has teeth)."""
-    offset = 30_000 + os.getpid() % 1_000 * 10
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flotilla.cli",
-            "up",
-            "--speed",
-            "5",
-            "--quiet",
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--port-offset",
-            str(offset),
-            "--timeout",
-            "60",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for port in range(9101 + offset, 9106 + offset):
-            text = wait_for(lambda p=port: scrape(p), 30, f"metrics on port {port}")
-            assert "flotilla_build_info" in text
-            checked = promtool_stdin(text, "check", "metrics")
-            assert checked.returncode == 0, f"port {port}: {checked.stdout}{checked.stderr}"
-    finally:
-        up.terminate()
-        up.wait(timeout=30)
+    # A reserved, checked-free port block: other fleets (tests, benches) may be running too.
+    with reserved_port_offset() as offset:
+        up = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flotilla.cli",
+                "up",
+                "--speed",
+                "5",
+                "--quiet",
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--port-offset",
+                str(offset),
+                "--timeout",
+                "60",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            for port in range(9101 + offset, 9106 + offset):
+                text = wait_for(lambda p=port: scrape(p), 30, f"metrics on port {port}")
+                assert "flotilla_build_info" in text
+                checked = promtool_stdin(text, "check", "metrics")
+                assert checked.returncode == 0, f"port {port}: {checked.stdout}{checked.stderr}"
+        finally:
+            up.terminate()
+            up.wait(timeout=30)
     malformed = "# TYPE foo_count counter\nfoo_count 1\n"
     assert promtool_stdin(malformed, "check", "metrics").returncode != 0
 

@@ -17,7 +17,8 @@ def risk_service() -> tuple[RiskService, FakeClock]:
     clock = FakeClock()
     cfg = load_config(DEFAULT_CONFIG, env={})
     svc = RiskService(SimpleNamespace(cfg=cfg, clock=clock))  # type: ignore[arg-type]
-    svc.control = SimpleNamespace(gate=TradingGate(clock, cfg.missed_heartbeats_to_halt))  # type: ignore[assignment]
+    gate = TradingGate(clock, cfg.missed_heartbeats_to_halt)
+    svc.control = SimpleNamespace(gate=gate, drain=lambda: None)  # type: ignore[assignment]
     svc.book.symbols["BTCUSDT"].quote = quote()
     return svc, clock
 

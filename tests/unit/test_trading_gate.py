@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from libs.common.clock import FakeClock
 from libs.common.trading_gate import TradingGate
 
@@ -49,16 +51,71 @@ def test_gate_heartbeat_of_the_same_state_keeps_trading_alive() -> None:
         assert gate.allowed()
 
 
-def test_gate_resumes_when_heartbeats_come_back_after_going_stale() -> None:
+def test_a_stale_gate_stays_halted_when_the_same_state_comes_back() -> None:
     clock = FakeClock()
     gate = TradingGate(clock)
     gate.on_state(trading_state("ACTIVE", seq=1))
     clock.advance_ms(1_000)
     assert gate.refusal() == "state_stale"
+    assert gate.check_deadman()  # what ControlLink does once it has read every waiting message
 
+    gate.on_state(trading_state("ACTIVE", seq=1))  # a frozen kill switch thaws (SIGCONT)
+
+    assert gate.refusal() == "state_stale"
+    assert gate.mode() == "HALTED"
+
+
+def test_a_tripped_gate_obeys_the_next_transition() -> None:
+    clock = FakeClock()
+    gate = TradingGate(clock)
     gate.on_state(trading_state("ACTIVE", seq=1))
+    clock.advance_ms(1_000)
+    assert gate.check_deadman()
+    assert not gate.check_deadman()  # reported once
+
+    gate.on_state(trading_state("HALTED", seq=2))
+    assert gate.refusal() == "trading_halted"
+    gate.on_state(trading_state("ACTIVE", seq=3))
 
     assert gate.allowed()
+
+
+def test_reducing_lets_only_reducing_orders_through() -> None:
+    gate = TradingGate(FakeClock())
+    gate.on_state(trading_state("REDUCING", seq=1))
+
+    assert gate.refusal(reduces=False) == "trading_reducing"
+    assert gate.refusal(reduces=True) == ""
+
+
+def test_paused_and_emergency_refuse_even_reducing_orders() -> None:
+    gate = TradingGate(FakeClock())
+    for seq, mode in enumerate(("PAUSED", "HALTED", "EMERGENCY"), start=1):
+        gate.on_state(trading_state(mode, seq=seq))
+        assert gate.refusal(reduces=True) == f"trading_{mode.lower()}"
+
+
+def test_a_halted_strategy_is_refused_while_others_trade() -> None:
+    gate = TradingGate(FakeClock())
+    state = trading_state("ACTIVE", seq=1)
+    gate.on_state(msgspec.structs.replace(state, halted_strategies={"ofi": "fill throttle"}))
+
+    assert gate.refusal("ofi") == "strategy_halted"
+    assert gate.refusal("pulse") == ""
+
+
+def test_a_prepared_halt_blocks_orders_until_its_state_is_heard() -> None:
+    gate = TradingGate(FakeClock())
+    gate.on_state(trading_state("ACTIVE", seq=1))
+
+    assert gate.prepare(2)
+    assert gate.refusal() == "halt_pending"
+    gate.on_state(trading_state("ACTIVE", seq=1))  # a heartbeat of the old state changes nothing
+    assert gate.refusal() == "halt_pending"
+    gate.on_state(trading_state("HALTED", seq=2))
+
+    assert gate.refusal() == "trading_halted"
+    assert not gate.prepare(2)  # already heard
 
 
 def test_gate_refuses_trading_when_halted() -> None:

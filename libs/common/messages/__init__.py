@@ -2,11 +2,15 @@
 
 from .base import Message, Money, Side, opposite
 from .control import (
+    RESTRICTIVENESS,
     Command,
     CommandAction,
     CommandReply,
     ControlMessage,
+    DeadmanTrip,
+    HaltPrepare,
     StateAck,
+    StateRequest,
     TradingMode,
     TradingState,
 )
@@ -24,6 +28,7 @@ from .orders import (
     OrderRequest,
     OrderStatus,
     OrderUpdate,
+    Panic,
     RiskDecision,
     RiskEvent,
 )
@@ -41,6 +46,7 @@ WIRE_FAMILIES = {
 }
 
 __all__ = [
+    "RESTRICTIVENESS",
     "TERMINAL_STATUSES",
     "WIRE_FAMILIES",
     "CancelRequest",
@@ -48,11 +54,13 @@ __all__ = [
     "CommandAction",
     "CommandReply",
     "ControlMessage",
+    "DeadmanTrip",
     "ExecutionEvent",
     "FeedStatus",
     "Fill",
     "FillBatch",
     "FillsSince",
+    "HaltPrepare",
     "MarketData",
     "Message",
     "Money",
@@ -63,6 +71,7 @@ __all__ = [
     "OrderStatus",
     "OrderType",
     "OrderUpdate",
+    "Panic",
     "Quote",
     "RiskDecision",
     "RiskEvent",
@@ -70,6 +79,7 @@ __all__ = [
     "Signal",
     "SignalMessage",
     "StateAck",
+    "StateRequest",
     "StreamEnd",
     "Trade",
     "TradingMode",

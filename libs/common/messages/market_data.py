@@ -36,6 +36,8 @@ class FeedStatus(Message, frozen=True, kw_only=True, tag="feed_status"):
     venue: str
     state: Literal["waiting", "live", "end"]
     published: dict[str, int] = {}
+    # Live feeds: milliseconds since the last message per symbol (the venue side of staleness).
+    staleness_ms: dict[str, int] = {}
 
 
 MarketData = Trade | Quote | FeedStatus

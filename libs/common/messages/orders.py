@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from .base import Message, Money, Side
+from .control import HaltPrepare, StateAck
 from .signals import OrderType, StreamEnd
 
 OrderStatus = Literal[
@@ -26,6 +27,7 @@ class OrderRequest(Message, frozen=True, kw_only=True, tag="order"):
     qty: Money
     limit_px: Money | None = None
     origin_mono_ns: int = 0
+    reduce_only: bool = False  # execution refuses it unless it shrinks |position|
 
 
 class CancelRequest(Message, frozen=True, kw_only=True, tag="cancel"):
@@ -102,7 +104,27 @@ class RiskDecision(Message, frozen=True, kw_only=True, tag="risk_decision"):
     client_order_id: str = ""
 
 
-OrderChannel = OrderRequest | CancelRequest | FillsSince
-OrderChannelReply = OrderReply | FillBatch
+# The kill switch uses the order socket too: HaltPrepare reaches execution on the same path as
+# orders, so it is ordered with them (two-phase halt), and execution answers with a StateAck.
+OrderChannel = OrderRequest | CancelRequest | FillsSince | HaltPrepare
+OrderChannelReply = OrderReply | FillBatch | StateAck
 ExecutionEvent = OrderUpdate | Fill | StreamEnd
-RiskEvent = RiskDecision | StreamEnd
+
+
+class Panic(Message, frozen=True, kw_only=True, tag="panic"):
+    """A panic rule in risk fired; the kill switch turns it into a transition.
+
+    action: "reduce" -> REDUCING, "halt" -> HALTED, "disable_strategy" -> that strategy halted
+    until an operator resumes it. `value` and `threshold` are decimal strings for the audit log.
+    """
+
+    rule: str
+    action: Literal["reduce", "halt", "disable_strategy"]
+    detail: str
+    symbol: str = ""
+    strategy: str = ""
+    value: str = ""
+    threshold: str = ""
+
+
+RiskEvent = RiskDecision | StreamEnd | Panic
