@@ -163,7 +163,7 @@ def windows_of(records: list[dict[str, Any]]) -> list[tuple[int, int]]:
 
 # --- 4. the dead man's switch -----------------------------------------------------------------
 
-DEADMAN_MARGIN_MS = 700
+DEADMAN_MARGIN_MS = 900
 SCRAPE_MARGIN_MS = 1_000
 DEADMAN_LOG = re.compile(r"no ctl\.state for (\d+) ms: dead man's switch tripped")
 
@@ -172,11 +172,11 @@ def deadman_silences_ms(run_dir: Path) -> dict[str, int]:
     """Per service, the silence (ms, its own clock) after which it logged its dead man's trip."""
     silences = {}
     for service in TRADING_SERVICES:
-        found = DEADMAN_LOG.search((run_dir / "logs" / f"{service}.log").read_text())
-        if found:
-            silences[service] = int(found.group(1))
+        for log_path in (run_dir / "logs").glob(f"{service}-*.log"):
+            found = DEADMAN_LOG.search(log_path.read_text())
+            if found:
+                silences[service] = int(found.group(1))
     return silences
-
 
 
 @pytest.mark.slow
