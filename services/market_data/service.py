@@ -137,7 +137,7 @@ class MarketDataService:
     def replay(self, paths: list[Path]) -> None:
         """Publish every recorded trade and quote (`repeat` times), paced by `rate_per_s` or
         by recorded time divided by `speed`."""
-        preloaded = list(self.parsed(paths)) if self.cfg.preload else None
+        preloaded = self.preload(paths) if self.cfg.preload else None
         self.publish_status("live")
         self.first_publish_mono_ns = time.monotonic_ns()
         control = (self.control.socket, self.control.drain)
@@ -150,6 +150,17 @@ class MarketDataService:
                 log.info("stop requested during replay")
                 return
         self.last_publish_mono_ns = time.monotonic_ns()
+
+    def preload(self, paths: list[Path]) -> list[tuple[int, Trade | Quote]]:
+        """Parse the whole feed up front (benchmarks), still obeying the control plane: it
+        takes seconds, and a halt or the dead man's switch must not wait for it."""
+        parsed = []
+        for count, item in enumerate(self.parsed(paths)):
+            if count % CONTROL_CHECK_EVERY == 0:
+                self.control.drain()
+                self.rt.maintain()
+            parsed.append(item)
+        return parsed
 
     def publish_all(self, messages: Iterable[tuple[int, Trade | Quote]], pacer: Any) -> bool:
         """Publish one pass; False if a stop was requested part way."""
