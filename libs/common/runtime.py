@@ -305,6 +305,11 @@ class ControlLink:
         state = self.gate.state
         assert state is not None
         silent_ms = self.gate.silent_ms()
+        if self._rt.stop_requested:
+            # Shutting down with the fleet: the kill switch stopping first is expected, not an
+            # alarm. The gate has latched HALTED all the same.
+            log.info("no ctl.state for %d ms while stopping: trading HALTED", silent_ms)
+            return
         log.error("no ctl.state for %d ms: dead man's switch tripped, trading HALTED", silent_ms)
         now = self._rt.clock.time_ns()
         trip = DeadmanTrip(

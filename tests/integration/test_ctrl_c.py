@@ -36,6 +36,16 @@ def all_five(pid: int) -> dict[str, int]:
     return found if set(found) == MODULES else {}
 
 
+def error_lines(run_dir: Path) -> list[str]:
+    """Every ERROR (or worse) line in the run's service logs."""
+    return [
+        line
+        for path in sorted((run_dir / "logs").glob("*.log"))
+        for line in path.read_text().splitlines()
+        if " ERROR " in line or " CRITICAL " in line
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["process-group", "cli-only"])
 def test_ctrl_c_stops_every_service_within_5_s(
@@ -72,4 +82,5 @@ def test_ctrl_c_stops_every_service_within_5_s(
     assert code == 0, (tmp_path / "up.err").read_text()  # interrupted without --until-end
     summary = read_summary(run_dir)
     assert summary["outcome"] == "interrupted"
+    assert error_lines(run_dir) == [], "a clean Ctrl-C is not an alarm"
     assert sum(summary["ticks_published"].values()) > 0
