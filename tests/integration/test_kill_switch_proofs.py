@@ -269,12 +269,19 @@ def test_market_data_obeys_a_halt_while_it_preloads_its_feed(
     halt sent then is obeyed at once, not when publishing starts (as it used to be)."""
     cfg = load_config(DEFAULT_CONFIG)
     copies = [str(Path(p).resolve()) for p in cfg.market_data.feed] * 8  # seconds of parsing
-    overrides = fast_fleet_overrides(FLOTILLA__MARKET_DATA__FEED=json.dumps(copies))
+    # The test is one more consumer market-data waits for, so it decides when preloading starts.
+    consumers = {**cfg.market_data.wait_for_consumers, "preload-test": 1}
+    overrides = fast_fleet_overrides(
+        FLOTILLA__MARKET_DATA__FEED=json.dumps(copies),
+        FLOTILLA__MARKET_DATA__WAIT_FOR_CONSUMERS=json.dumps(consumers),
+    )
     ops = Operator(port_offset)
     feed = FeedWatcher(port_offset)
     try:
-        with running_fleet(run_dir, port_offset, overrides):
-            wait_until(feed.preloading, 60, 0.01, "market-data to start preloading")
+        with running_fleet(run_dir, port_offset, overrides) as fleet:
+            wait_until(lambda: feed.poll() or "waiting" in feed.states, 60, 0.01, "`waiting`")
+            fleet.store.set("ready:preload-test:1", b"1")
+            wait_until(feed.preloading, 30, 0.01, "market-data to start preloading")
             ops.must("halt")
             wait_until(
                 lambda: obeyed_mode("market-data", port_offset) == "HALTED", 30, 0.02, "HALTED"
