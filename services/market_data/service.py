@@ -63,7 +63,8 @@ class MarketDataService:
     def run(self) -> int:
         """The whole lifecycle; returns the process exit code."""
         if not self.wait_for_consumers():
-            return 3
+            # Stopped while waiting is an ordinary Ctrl-C; only giving up on consumers is a failure.
+            return 0 if self.rt.stop_requested else 3
         if self.cfg.source != "replay":
             self.run_live()
             self.publish_status("end")

@@ -84,3 +84,34 @@ def test_ctrl_c_stops_every_service_within_5_s(
     assert summary["outcome"] == "interrupted"
     assert error_lines(run_dir) == [], "a clean Ctrl-C is not an alarm"
     assert sum(summary["ticks_published"].values()) > 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_market_data_still_waits_for_consumers_is_a_clean_stop(
+    tmp_path: Path, run_dir: Path, port_offset: int
+) -> None:
+    """A fleet interrupted before every consumer was ready (a slow start) exits 0, not 3."""
+    never_ready = {"FLOTILLA__MARKET_DATA__WAIT_FOR_CONSUMERS": '{"nobody": 1}'}
+    out, err = (tmp_path / "up.out").open("w"), (tmp_path / "up.err").open("w")
+    up = spawn_cli(
+        up_args(run_dir, port_offset, speed="5", until_end=False),
+        env=never_ready,
+        stdout=out,
+        stderr=err,
+    )
+    try:
+        wait_until(lambda: all_five(up.pid), 20, 0.05, "all five services running")
+        # It applies the trading state from its first control drain, inside the waiting loop.
+        md_log = run_dir / "logs" / "market-data-1.log"
+        wait_until(lambda: "trading state ACTIVE" in md_log.read_text(), 20, 0.05, "waiting")
+        os.killpg(up.pid, signal.SIGINT)
+        code = up.wait(timeout=10)
+    finally:
+        leftovers = reap(up)
+        out.close()
+        err.close()
+    assert leftovers == []
+    assert code == 0, (tmp_path / "up.err").read_text()
+    summary = read_summary(run_dir)
+    assert summary["exit_codes"]["market-data"] == 0, summary["exit_codes"]
+    assert sum(summary["ticks_published"].values()) == 0
