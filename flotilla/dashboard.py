@@ -37,7 +37,6 @@ import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,7 +54,6 @@ from libs.common.config import (
     SERVICES,
     SINGLE_WRITERS,
     FleetConfig,
-    service_config,
     with_port_offset,
 )
 from libs.common.messages import ControlMessage, ExecutionEvent, Fill, OrderUpdate, TradingState
@@ -64,8 +62,17 @@ from libs.common.store import NAMESPACE_ENV, REDIS_URL_ENV, StateStore, StoreErr
 from services.kill_switch.latch import STATE_KEY  # where the kill switch latches the state
 
 from .audit import run_namespace
+from .endpoints import (
+    BadEndpoint,
+    Endpoint,
+    Scrape,
+    default_endpoints,
+    obeyed_mode,
+    parse_endpoint,
+    scrape_one,
+)
 from .fleet import page_url
-from .metrics_tail import Sample, SampleKey, Unreachable, scrape
+from .metrics_tail import Sample, SampleKey
 from .summary import build_summary
 
 log = logging.getLogger("flotilla.dashboard")
@@ -99,72 +106,8 @@ SECURITY_HEADERS = {
 
 
 # --- metrics endpoints ----------------------------------------------------------------------
-# Not flotilla.top's helpers: they come with rich, which the container images do not carry.
 
-SCRAPE_TIMEOUT_S = 1.0
-MODE = "flotilla_trading_state"  # {state} = 1 for the mode a service obeys
-KS_HALTED = "flotilla_killswitch_halted"
 LEASE_HELD = "flotilla_lease_held"
-
-
-class BadEndpoint(ValueError):
-    """An --endpoint that is not SERVICE=URL."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One metrics endpoint of one service."""
-
-    service: str
-    url: str
-
-
-@dataclass(frozen=True)
-class Scrape:
-    """What one endpoint answered: its samples, or why it did not."""
-
-    endpoint: Endpoint
-    samples: dict[SampleKey, Sample] | None
-    error: str = ""
-
-
-def default_endpoints(cfg: FleetConfig, port_offset: int) -> list[Endpoint]:
-    """Every service's configured metrics port on this host."""
-    return [
-        Endpoint(s, f"http://127.0.0.1:{service_config(cfg, s).metrics_port + port_offset}/metrics")
-        for s in SERVICES
-    ]
-
-
-def parse_endpoint(spec: str) -> Endpoint:
-    """SERVICE=URL; a URL without a scheme gets http://, one without a path /metrics."""
-    service, sep, url = spec.partition("=")
-    if not sep or not url or service not in SERVICES:
-        raise BadEndpoint(f"--endpoint {spec!r}: expected SERVICE=URL, SERVICE one of {SERVICES}")
-    if "://" not in url:
-        url = "http://" + url
-    if urlsplit(url).path in ("", "/"):
-        url = url.rstrip("/") + "/metrics"
-    return Endpoint(service, url)
-
-
-def scrape_one(endpoint: Endpoint) -> Scrape:
-    """Scrape one endpoint; a failure is a one-line reason, never an exception."""
-    try:
-        return Scrape(endpoint, scrape(endpoint.url, SCRAPE_TIMEOUT_S))
-    except Unreachable as exc:
-        return Scrape(endpoint, None, str(exc).replace("\n", " ")[:120] or "no answer")
-
-
-def obeyed_mode(samples: dict[SampleKey, Sample]) -> str | None:
-    """The trading mode a service obeys (its flotilla_trading_state set to 1)."""
-    for (name, labels), sample in samples.items():
-        if name == MODE and sample.value == 1:
-            return dict(labels).get("state")
-    halted = [s.value for (name, _), s in samples.items() if name == KS_HALTED]
-    if halted:  # the kill switch has no gate of its own: its latch says
-        return "ACTIVE" if halted[0] == 0 else "not ACTIVE"
-    return None
 
 
 def standby_note(service: str, samples: dict[SampleKey, Sample]) -> str:

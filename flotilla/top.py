@@ -22,37 +22,42 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import TextIO
-from urllib.parse import urlsplit
 
 from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from libs.common.config import SERVICES, SINGLE_WRITERS, FleetConfig, service_config
+from libs.common.config import SERVICES, SINGLE_WRITERS, FleetConfig
 
-from .metrics_tail import Sample, SampleKey, Unreachable, scrape
+from .endpoints import (
+    KS_HALTED,
+    MODE,
+    BadEndpoint,
+    Endpoint,
+    Scrape,
+    default_endpoints,
+    obeyed_mode,
+    parse_endpoint,
+    scrape_one,
+)
+from .metrics_tail import Sample, SampleKey
 
-SCRAPE_TIMEOUT_S = 1.0
 PIPE_WIDTH = 200  # not a terminal: wide enough that no column is ever truncated
 
 # Every metric `top` reads; tests check each one is exported by the code.
 RECEIVED = "flotilla_bus_messages_received_total"
 SENT = "flotilla_bus_messages_sent_total"
 GAPS = "flotilla_bus_sequence_gap_messages_total"
-MODE = "flotilla_trading_state"
 ALLOWED = "flotilla_trading_allowed"
 STATE_SEQ = "flotilla_trading_state_seq"
 KS_STATE_SEQ = "flotilla_killswitch_state_seq"
-KS_HALTED = "flotilla_killswitch_halted"
 LEASE_HELD = "flotilla_lease_held"
 LATENCY_BUCKETS = "flotilla_execution_tick_to_order_seconds_bucket"
 EXEC_ORDERS = "flotilla_execution_orders_total"
@@ -99,73 +104,9 @@ COLUMNS = (
 )
 
 
-class BadEndpoint(ValueError):
-    """An --endpoint that is not SERVICE=URL."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One metrics endpoint of one service instance."""
-
-    service: str
-    url: str
-
-    @property
-    def instance(self) -> str:
-        """host:port, which tells replicas apart."""
-        return urlsplit(self.url).netloc or self.url
-
-
-@dataclass(frozen=True)
-class Scrape:
-    """What one endpoint answered at one moment: samples, or the reason it did not."""
-
-    endpoint: Endpoint
-    at: float  # time.monotonic()
-    samples: dict[SampleKey, Sample] | None
-    error: str = ""
-
-
-def default_endpoints(cfg: FleetConfig, port_offset: int) -> list[Endpoint]:
-    """Every service's configured metrics port on this host."""
-    return [
-        Endpoint(s, f"http://127.0.0.1:{service_config(cfg, s).metrics_port + port_offset}/metrics")
-        for s in SERVICES
-    ]
-
-
-def parse_endpoint(spec: str) -> Endpoint:
-    """SERVICE=URL; a URL without a scheme gets http://, one without a path gets /metrics."""
-    service, sep, url = spec.partition("=")
-    if not sep or not url:
-        raise BadEndpoint(f"--endpoint {spec!r}: expected SERVICE=URL")
-    if service not in SERVICES:
-        raise BadEndpoint(f"--endpoint {spec!r}: unknown service (one of {', '.join(SERVICES)})")
-    if "://" not in url:
-        url = "http://" + url
-    if urlsplit(url).path in ("", "/"):
-        url = url.rstrip("/") + "/metrics"
-    return Endpoint(service, url)
-
-
-def scrape_one(endpoint: Endpoint) -> Scrape:
-    """Scrape one endpoint; failure becomes a one-line reason, never an exception."""
-    try:
-        samples = scrape(endpoint.url, SCRAPE_TIMEOUT_S)
-    except Unreachable as exc:
-        return Scrape(endpoint, time.monotonic(), None, one_line(str(exc)))
-    return Scrape(endpoint, time.monotonic(), samples)
-
-
 def scrape_all(pool: ThreadPoolExecutor, endpoints: list[Endpoint]) -> list[Scrape]:
     """Every endpoint concurrently, so one hanging host costs one timeout, not one each."""
     return list(pool.map(scrape_one, endpoints))
-
-
-def one_line(reason: str) -> str:
-    """A short reason: no errno prefix, no newlines."""
-    reason = re.sub(r"^\[Errno -?\d+\]\s*", "", reason).replace("\n", " ").strip()
-    return (reason[:77] + "...") if len(reason) > 80 else (reason or "no answer")
 
 
 def total(samples: dict[SampleKey, Sample], name: str, **match: str) -> float | None:
@@ -220,17 +161,6 @@ def latency_p99(samples: dict[SampleKey, Sample]) -> float | None:
         if name == LATENCY_BUCKETS
     ]
     return quantile(0.99, buckets)
-
-
-def trading_mode(samples: dict[SampleKey, Sample]) -> str | None:
-    """The state this service obeys (the label set to 1); the kill switch's latch as fallback."""
-    for (name, labels), s in samples.items():
-        if name == MODE and s.value == 1:
-            return dict(labels).get("state")
-    halted = total(samples, KS_HALTED)
-    if halted is not None:
-        return "ACTIVE" if halted == 0 else "not ACTIVE"
-    return None
 
 
 def allowed(samples: dict[SampleKey, Sample]) -> str:
@@ -303,7 +233,7 @@ def row(before: Scrape | None, after: Scrape) -> list[str]:
         service,
         ep.instance,
         "up",
-        trading_mode(samples) or "-",
+        obeyed_mode(samples) or "-",
         allowed(samples),
         fmt_int(state_seq(samples)),
         fmt_rate(rate(before, after, RECEIVED)),

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from flotilla import top
+from flotilla import endpoints, top
 from flotilla.cli import main
 
 # The real execution buckets, so the p99 below is the one the service's histogram would give.
@@ -165,6 +165,7 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch, fleet: Fleet) -> None:
 
     fake = SimpleNamespace(sleep=sleep, monotonic=lambda: now[0], strftime=time.strftime)
     monkeypatch.setattr(top, "time", fake)
+    monkeypatch.setattr(endpoints, "time", fake)  # where each scrape is timestamped
 
 
 def args(endpoints: list[str], interval: float = 2.0) -> argparse.Namespace:
