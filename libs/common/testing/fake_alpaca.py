@@ -46,9 +46,8 @@ import contextlib
 import heapq
 import logging
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -61,6 +60,7 @@ from aiohttp import WSMsgType, web
 
 from libs.common.config import DEFAULT_CONFIG
 from libs.common.messages import Quote, Trade
+from libs.common.testing.loop_thread import FakeOnLoopThread
 from services.market_data.alpaca import STREAM_ERRORS
 from services.market_data.binance import ParseError, parse_stream_message
 from services.market_data.replay import LineCounter, read_lines
@@ -674,81 +674,16 @@ def _json_response(body: dict[str, Any]) -> web.Response:
 # --- running it in a thread (tests) or as a program (demos) -------------------------------------
 
 
-class FakeAlpacaThread:
+class FakeAlpacaThread(FakeOnLoopThread[FakeAlpaca]):
     """A FakeAlpaca on its own event loop in a daemon thread, with blocking controls."""
 
     def __init__(self, recording: AlpacaRecording, **kwargs: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="fake-alpaca", daemon=True
-        )
-        self._recording = recording
-        self._kwargs = kwargs
-        self.fake: FakeAlpaca | None = None
-
-    def __enter__(self) -> FakeAlpacaThread:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        """Start the loop thread and the server; returns once it listens."""
-        self._thread.start()
-
-        async def make() -> FakeAlpaca:
-            fake = FakeAlpaca(self._recording, **self._kwargs)
-            await fake.start()
-            return fake
-
-        self.fake = asyncio.run_coroutine_threadsafe(make(), self._loop).result(timeout_s)
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Stop the server and the loop thread."""
-        if self.fake is not None and self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self.fake.stop(), self._loop).result(timeout_s)
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout_s)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-    def call(self, fn: Callable[[FakeAlpaca], T], timeout_s: float = 10.0) -> T:
-        """Run fn(fake) on the fake's loop and return its result."""
-        assert self.fake is not None, "not started"
-        fake = self.fake
-
-        async def run() -> T:
-            return fn(fake)
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout_s)
-
-    @property
-    def url(self) -> str:
-        """http://127.0.0.1:<port> (REST base, alpaca-py's historical `url_override`)."""
-        assert self.fake is not None, "not started"
-        return self.fake.url
+        super().__init__(lambda: FakeAlpaca(recording, **kwargs), "fake-alpaca")
 
     def stream_url(self, path: str = "/v1beta3/crypto/us") -> str:
         """See FakeAlpaca.stream_url."""
         assert self.fake is not None, "not started"
         return self.fake.stream_url(path)
-
-    def pause(self) -> None:
-        """See FakeAlpaca.pause."""
-        self.call(lambda f: f.pause())
-
-    def resume(self) -> None:
-        """See FakeAlpaca.resume."""
-        self.call(lambda f: f.resume())
-
-    def drop_connections(self, abrupt: bool = True, timeout_s: float = 10.0) -> int:
-        """See FakeAlpaca.drop_connections."""
-        assert self.fake is not None, "not started"
-        return asyncio.run_coroutine_threadsafe(
-            self.fake.drop_connections(abrupt), self._loop
-        ).result(timeout_s)
 
     def set(self, **attrs: Any) -> None:
         """Change controls: reject_auth, connection_limit, symbol_limit, sip_allowed, speed."""

@@ -60,7 +60,6 @@ import logging
 import math
 import re
 import signal
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -75,6 +74,7 @@ from aiohttp import WSMsgType, web
 
 from libs.common.config import DEFAULT_CONFIG
 from libs.common.testing.credentials import fake_venue_pair
+from libs.common.testing.loop_thread import FakeOnLoopThread
 from services.market_data.binance import ParseError
 from services.market_data.l2book import (
     DepthDiff,
@@ -1641,80 +1641,11 @@ def _symbol_info(symbol: str) -> dict[str, Any]:
 # --- running it in a thread (tests) or as a program (demos) -------------------------------------
 
 
-class FakeBinanceThread:
+class FakeBinanceThread(FakeOnLoopThread[FakeBinance]):
     """A FakeBinance on its own event loop in a daemon thread, with blocking controls."""
 
     def __init__(self, recording: Recording, **kwargs: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="fake-binance", daemon=True
-        )
-        self._recording = recording
-        self._kwargs = kwargs
-        self.fake: FakeBinance | None = None
-
-    def __enter__(self) -> FakeBinanceThread:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        """Start the loop thread and the server; returns once it listens."""
-        self._thread.start()
-
-        async def make() -> FakeBinance:
-            fake = FakeBinance(self._recording, **self._kwargs)
-            await fake.start()
-            return fake
-
-        try:
-            self.fake = asyncio.run_coroutine_threadsafe(make(), self._loop).result(timeout_s)
-        except BaseException:
-            self.close(timeout_s)  # e.g. the port is taken: leave no thread behind
-            raise
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Stop the server and the loop thread."""
-        if self.fake is not None and self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self.fake.stop(), self._loop).result(timeout_s)
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout_s)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-    def call(self, fn: Callable[[FakeBinance], T], timeout_s: float = 10.0) -> T:
-        """Run fn(fake) on the fake's loop and return its result."""
-        assert self.fake is not None, "not started"
-        fake = self.fake
-
-        async def run() -> T:
-            return fn(fake)
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout_s)
-
-    @property
-    def url(self) -> str:
-        """http://127.0.0.1:<port>."""
-        assert self.fake is not None, "not started"
-        return self.fake.url
-
-    def pause(self) -> None:
-        """See FakeBinance.pause."""
-        self.call(lambda f: f.pause())
-
-    def resume(self) -> None:
-        """See FakeBinance.resume."""
-        self.call(lambda f: f.resume())
-
-    def drop_connections(self, abrupt: bool = True, timeout_s: float = 10.0) -> int:
-        """See FakeBinance.drop_connections."""
-        assert self.fake is not None, "not started"
-        return asyncio.run_coroutine_threadsafe(
-            self.fake.drop_connections(abrupt), self._loop
-        ).result(timeout_s)
+        super().__init__(lambda: FakeBinance(recording, **kwargs), "fake-binance")
 
     def inject_gap(self, symbol: str | None = None) -> None:
         """See FakeBinance.inject_gap."""
